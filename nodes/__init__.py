@@ -1,0 +1,3 @@
+"""Graph nodes over qwenimage_core (thin adapters, no model math)."""
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}

@@ -1,0 +1,194 @@
+"""Safetensors I/O shared by every loader: validated, memory-mapped reading and assignment onto meta modules.
+
+Models are built on the meta device and each tensor is read from the memory-mapped file straight into its final
+dtype and device, so loading never holds two copies of the weights. Everything is checked (keys, shapes, file
+integrity) before the first tensor is read, so a bad file fails cleanly instead of leaving a half-loaded model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+import torch
+from safetensors import safe_open
+
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as given; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+
+
+class SafetensorsFile:
+    """One safetensors file, header validated up front; tensors are read lazily from the memory map."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.infos, self.metadata = _read_header(self.path)
+        self._handle = None
+
+    def keys(self) -> list[str]:
+        return list(self.infos)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.infos
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.infos[key].shape
+
+    def get(self, key: str) -> torch.Tensor:
+        if self._handle is None:
+            self._handle = safe_open(self.path, framework="pt", device="cpu")
+        return self._handle.get_tensor(key)
+
+    def close(self):
+        self._handle = None
+
+    def __repr__(self):
+        return f"SafetensorsFile({self.path!r}, {len(self.infos)} tensors)"
+
+
+def _read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse and check the header ourselves: safetensors' own errors do not say which file was bad."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n == 0 or n > _MAX_HEADER or 8 + n > size:
+            raise CheckpointError(f"{path}: not a safetensors file (bad header length {n} for a {size}-byte file)")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    data_len = size - 8 - n
+    infos = {}
+    for key, entry in header.items():
+        try:
+            dtype, shape, (start, end) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(f"{path}: malformed header entry for key {key!r}") from None
+        if end > data_len:
+            raise CheckpointError(
+                f"{path}: truncated file: tensor {key!r} ends at byte {end} but only {data_len} data bytes are present")
+        infos[key] = TensorInfo(dtype, shape)
+    return infos, metadata
+
+
+def open_checkpoint_files(paths: Iterable[str | os.PathLike]) -> dict[str, SafetensorsFile]:
+    """Open several shards and index their keys, refusing a key that two shards both claim."""
+    where: dict[str, SafetensorsFile] = {}
+    for p in paths:
+        f = SafetensorsFile(p)
+        for k in f.keys():
+            if k in where:
+                raise CheckpointError(f"{f.path}: key {k!r} is also in {where[k].path}")
+            where[k] = f
+    return where
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def _fmt(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def assign_weights(
+    model: torch.nn.Module,
+    sources: Mapping[str, tuple[SafetensorsFile, str]],
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    ignore: Callable[[str], bool] = lambda k: False,
+    convert: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    what: str = "checkpoint",
+) -> LoadReport:
+    """Fill the parameters and persistent buffers of a (meta-device) model from safetensors files.
+
+    `sources` maps each model name to (file, key in file). Every name the model expects must be present and of
+    the right shape, and every source name must be expected unless `ignore` says it is a known marker; all of
+    this is checked before any tensor is read. Floating tensors are cast to `dtype` (default: as stored);
+    `convert(name, tensor)` may replace the tensor read from disk (e.g. de-quantisation) before placement.
+    """
+    expected = dict(model.named_parameters())
+    expected.update(dict(model.named_buffers()))
+    files = sorted({f.path for f, _ in sources.values()}) or ["<no file>"]
+    where = files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} shards)"
+
+    missing = [n for n in expected if n not in sources]
+    unexpected = [n for n in sources if n not in expected and not ignore(n)]
+    mismatched = [
+        f"{src[1]!r} in {src[0].path}: file has {list(src[0].shape(src[1]))}, model expects {list(t.shape)}"
+        for n, t in expected.items() if (src := sources.get(n)) is not None and tuple(src[0].shape(src[1])) != tuple(t.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_fmt(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_fmt([sources[n][1] for n in unexpected])}")
+    if mismatched:
+        problems.append("shape mismatch (the config does not match the weights): " + "; ".join(mismatched[:6])
+                        + (f" and {len(mismatched) - 6} more" if len(mismatched) > 6 else ""))
+    if problems:
+        raise CheckpointError(f"{where}: cannot load this {what}: " + "; ".join(problems))
+
+    report = LoadReport(ignored=[sources[n][1] for n in sources if n not in expected])
+    for name, ref in expected.items():
+        f, key = sources[name]
+        t = f.get(key)
+        if convert is not None:
+            t = convert(name, t)
+        target = dtype if (dtype is not None and t.is_floating_point()) else None
+        t = t.to(device=device if device is not None else "cpu", dtype=target or t.dtype)
+        _set_tensor(model, name, t)
+        report.loaded.append(name)
+    return report
+
+
+def _set_tensor(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    if leaf in module._parameters:
+        module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=module._parameters[leaf].requires_grad)
+    else:
+        module._buffers[leaf] = value
+
+
+def save_file_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """Write safetensors through a temporary file and a rename, so a crash never leaves a half-written file."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,1 @@
+"""Headless trainer over qwenimage_core."""
