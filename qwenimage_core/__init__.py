@@ -1,3 +1,13 @@
 """qwenimage_core: the Qwen-Image model library (MSRoPE MMDiT, VAE, text encoder, schedules, pipelines, I/O).
 
 It knows nothing of nodes or training; both faces import from here."""
+from .attention import register_attention_backend, set_attention_backend
+from .checkpoint import load_transformer, save_comfyui_transformer, save_transformer
+from .config import PRESETS, TransformerConfig, preset
+from .transformer import QwenImageTransformer
+from .weights import CheckpointError
+
+__all__ = [
+    "CheckpointError", "PRESETS", "QwenImageTransformer", "TransformerConfig", "load_transformer", "preset",
+    "register_attention_backend", "save_comfyui_transformer", "save_transformer", "set_attention_backend",
+]

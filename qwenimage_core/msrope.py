@@ -50,7 +50,8 @@ def _sample_table(shapes: tuple, txt_len: int, axes_dims: tuple, theta: float, l
     img = image_positions(shapes, layer3d)
     txt = torch.arange(txt_len).add(text_start(shapes, layer3d))[:, None].expand(-1, 3)
     ang = _angles(torch.cat([txt, img]), axes_dims, theta)  # joint order: text, then image
-    return ang.cos().to(device), ang.sin().to(device)
+    rot = torch.polar(torch.ones_like(ang), ang)  # polar, not cos/sin: bit-identical to the trained tables
+    return rot.real.contiguous().to(device), rot.imag.contiguous().to(device)
 
 
 def image_sets(img_shapes, batch: int) -> list[tuple]:

@@ -50,6 +50,9 @@ class SafetensorsFile:
     def shape(self, key: str) -> tuple[int, ...]:
         return self.infos[key].shape
 
+    def dtype(self, key: str) -> torch.dtype | None:
+        return _DTYPES.get(self.infos[key].dtype)
+
     def get(self, key: str) -> torch.Tensor:
         if self._handle is None:
             self._handle = safe_open(self.path, framework="pt", device="cpu")

@@ -1,0 +1,201 @@
+"""Finding and loading Qwen-Image checkpoints: diffusers folders and ComfyUI single files.
+
+A diffusers folder holds one subfolder per component (`transformer/`, `vae/`, `text_encoder/`, ...), each a
+`config.json` and safetensors weights, single or sharded with an index. A ComfyUI single file holds one
+component with bare keys, or the transformer under `model.diffusion_model.`, or a whole checkpoint with the
+transformer, VAE (`vae.`) and text encoder (`text_encoders.qwen25_7b.transformer.`) side by side. Loading builds
+the model on the meta device and assigns each tensor straight from the memory map in its final dtype.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import torch
+
+from .config import TransformerConfig
+from .transformer import QwenImageTransformer
+from .weights import CheckpointError, SafetensorsFile, assign_weights, open_checkpoint_files, save_file_atomic
+
+TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+# Empty tensors ComfyUI writes as flags rather than weights.
+MARKERS = {"__index_timestep_zero__": "zero_cond_t"}
+
+
+# ---------------------------------------------------------------------------------------------- diffusers folders
+
+def component_folder(path: str, component: str) -> str | None:
+    """The folder of `component` in a diffusers model folder, or the path itself if it is that component."""
+    sub = os.path.join(path, component)
+    if os.path.isfile(os.path.join(sub, "config.json")):
+        return sub
+    if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isfile(os.path.join(path, "model_index.json")):
+        return path
+    return None
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read JSON: {e}") from None
+
+
+def folder_weight_files(folder: str) -> list[str]:
+    """The safetensors files of one component folder: the index's shards, or the single weights file."""
+    names = os.listdir(folder)
+    index = sorted(n for n in names if n.endswith(".safetensors.index.json"))
+    if index:
+        weight_map = read_json(os.path.join(folder, index[0])).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{os.path.join(folder, index[0])}: no weight_map")
+        shards = sorted(set(weight_map.values()))
+        missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
+        if missing:
+            raise CheckpointError(f"{folder}: shard(s) named in {index[0]} are missing: {', '.join(missing)}")
+        return [os.path.join(folder, s) for s in shards]
+    files = sorted(n for n in names if n.endswith(".safetensors"))
+    if not files:
+        pickled = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        hint = f" (found {', '.join(pickled)}: pickled weights are never loaded; convert them to safetensors)" if pickled else ""
+        raise CheckpointError(f"{folder}: no .safetensors weights{hint}")
+    if len(files) > 1:
+        raise CheckpointError(f"{folder}: several .safetensors files ({', '.join(files)}) and no index to say which")
+    return [os.path.join(folder, files[0])]
+
+
+# ----------------------------------------------------------------------------------------------- single files
+
+def split_prefix(keys, prefixes) -> tuple[str, list[str]] | None:
+    """The first prefix that some keys carry, and those keys without it."""
+    for p in prefixes:
+        hit = [k[len(p):] for k in keys if k.startswith(p)]
+        if hit:
+            return p, hit
+    return None
+
+
+def infer_transformer_config(shapes: dict[str, tuple], markers=()) -> TransformerConfig:
+    """Read the architecture off the weight shapes of a single file (which carries no config)."""
+    def need(key):
+        if key not in shapes:
+            raise CheckpointError(f"not a Qwen-Image transformer: key {key!r} is missing")
+        return shapes[key]
+
+    dim, in_ch = need("img_in.weight")
+    head_dim = need("transformer_blocks.0.attn.norm_q.weight")[0]
+    blocks = {int(m.group(1)) for k in shapes if (m := re.match(r"transformer_blocks\.(\d+)\.", k))}
+    patch = 2
+    axes = (16, 56, 56) if head_dim == 128 else _scaled_axes(head_dim)
+    flags = {MARKERS[m]: True for m in markers if m in MARKERS}
+    return TransformerConfig(
+        patch_size=patch, in_channels=in_ch, out_channels=need("proj_out.weight")[0] // patch ** 2,
+        num_layers=max(blocks) + 1, attention_head_dim=head_dim, num_attention_heads=dim // head_dim,
+        joint_attention_dim=need("txt_in.weight")[1], axes_dims_rope=axes,
+        use_additional_t_cond="time_text_embed.addition_t_embedding.weight" in shapes, **flags)
+
+
+def _scaled_axes(head_dim: int) -> tuple[int, int, int]:
+    """MSRoPE split for a non-official head size: the official 1/8, 7/16, 7/16 proportions, kept even."""
+    t = max(2, round(head_dim / 8 / 2) * 2)
+    h = (head_dim - t) // 2 // 2 * 2
+    return t, h, head_dim - t - h
+
+
+# ------------------------------------------------------------------------------------------------- transformer
+
+def transformer_sources(path: str, config: TransformerConfig | None = None):
+    """(config, {model name: (file, key)}, ignored marker names) for a transformer at `path`."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        folder = component_folder(path, "transformer")
+        if folder is None:
+            raise CheckpointError(f"{path}: not a diffusers model folder: no transformer/config.json or config.json")
+        cfg_path = os.path.join(folder, "config.json")
+        if config is None:
+            try:
+                config = TransformerConfig.from_dict(read_json(cfg_path))
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"{cfg_path}: {e}") from None
+        files = open_checkpoint_files(folder_weight_files(folder))
+        return config, {k: (f, k) for k, f in files.items()}
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file or folder")
+    f = SafetensorsFile(path)
+    keys = f.keys()
+    found = split_prefix(keys, TRANSFORMER_PREFIXES)
+    prefix, names = found if found else ("", keys)
+    sources = {n: (f, prefix + n) for n in names}
+    markers = [n for n in names if n in MARKERS]
+    if config is None:
+        meta = f.metadata.get("config")
+        config = (TransformerConfig.from_dict(json.loads(meta)) if meta else
+                  infer_transformer_config({n: f.shape(prefix + n) for n in names}, markers))
+        if meta:
+            config = config.replace(**{MARKERS[m]: True for m in markers})
+    if "txt_norm.weight" not in sources:
+        raise CheckpointError(f"{path}: not a Qwen-Image transformer (no txt_norm.weight{' under ' + prefix if prefix else ''})")
+    return config, sources
+
+
+def load_transformer(path, device=None, dtype=None, config: TransformerConfig | None = None) -> QwenImageTransformer:
+    """Load the MMDiT from a diffusers folder (model or `transformer/` folder) or a ComfyUI single file.
+
+    dtype defaults to the stored one (fp8 files to bfloat16); device to CPU. The model is built on the meta
+    device and each tensor is assigned from the memory-mapped file, so peak memory stays near the weights' size.
+    Errors name the file and the key. The result is in eval mode with gradients off."""
+    config, sources = transformer_sources(path, config)
+    if dtype is None:
+        f, key = sources.get("img_in.weight") or next(iter(sources.values()))
+        stored = f.dtype(key) or torch.float32
+        dtype = torch.bfloat16 if stored.itemsize == 1 else stored
+    with torch.device("meta"):
+        model = QwenImageTransformer(config)
+    assign_weights(model, sources, dtype=dtype, device=device, ignore=lambda n: n in MARKERS, what="transformer")
+    return model.eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------------------------ saving
+
+def save_transformer(model: QwenImageTransformer, folder: str, max_shard_bytes: int = 10 * 2 ** 30) -> None:
+    """Write the diffusers layout: config.json and safetensors, sharded with an index above `max_shard_bytes`."""
+    os.makedirs(folder, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    shards, current, size = [], {}, 0
+    for k, v in state.items():
+        n = v.numel() * v.element_size()
+        if current and size + n > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[k] = v
+        size += n
+    shards.append(current)
+    if len(shards) == 1:
+        save_file_atomic(shards[0], os.path.join(folder, "diffusion_pytorch_model.safetensors"), {"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            name = f"diffusion_pytorch_model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file_atomic(shard, os.path.join(folder, name), {"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        total = sum(v.numel() * v.element_size() for v in state.values())
+        _write_json({"metadata": {"total_size": total}, "weight_map": weight_map},
+                    os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json"))
+    _write_json(model.config.to_dict(), os.path.join(folder, "config.json"))
+
+
+def save_comfyui_transformer(model: QwenImageTransformer, path: str, prefix: str = "") -> None:
+    """One ComfyUI single file (bare keys, or under `prefix` such as model.diffusion_model.), config in metadata."""
+    state = {prefix + k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if model.config.zero_cond_t:
+        state[prefix + "__index_timestep_zero__"] = torch.zeros(0)
+    save_file_atomic(state, path, {"format": "pt", "config": json.dumps(model.config.to_dict())})
+
+
+def _write_json(obj, path):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2)
+    os.replace(tmp, path)
+
