@@ -40,6 +40,7 @@ class SafetensorsFile:
         self.path = os.fspath(path)
         self.infos, self.metadata = _read_header(self.path)
         self._handle = None
+        self._mapped_bytes = 0
 
     def keys(self) -> list[str]:
         return list(self.infos)
@@ -54,9 +55,18 @@ class SafetensorsFile:
         return _DTYPES.get(self.infos[key].dtype)
 
     def get(self, key: str) -> torch.Tensor:
+        """The tensor as stored. It may be a copy-on-write view of the memory map (zero-copy)."""
         if self._handle is None:
             self._handle = safe_open(self.path, framework="pt", device="cpu")
         return self._handle.get_tensor(key)
+
+    def done_with(self, tensor: torch.Tensor, every: int = 2 ** 29) -> None:
+        """Note that a tensor read from the map has been copied elsewhere (cast or moved). Pages once touched
+        stay resident until the map is closed, so re-open it every `every` bytes to keep peak memory near the
+        size of the converted weights rather than that plus the file."""
+        self._mapped_bytes += tensor.numel() * tensor.element_size()
+        if self._mapped_bytes >= every:
+            self._handle, self._mapped_bytes = None, 0
 
     def close(self):
         self._handle = None
@@ -163,12 +173,13 @@ def assign_weights(
     report = LoadReport(ignored=[sources[n][1] for n in sources if n not in expected])
     for name, ref in expected.items():
         f, key = sources[name]
-        t = f.get(key)
-        if convert is not None:
-            t = convert(name, t)
+        raw = f.get(key)
+        t = convert(name, raw) if convert is not None else raw
         target = dtype if (dtype is not None and t.is_floating_point()) else None
-        t = t.to(device=device if device is not None else "cpu", dtype=target or t.dtype)
-        _set_tensor(model, name, t)
+        placed = t.to(device=device if device is not None else "cpu", dtype=target or t.dtype)
+        if placed.data_ptr() != raw.data_ptr():
+            f.done_with(raw)
+        _set_tensor(model, name, placed)
         report.loaded.append(name)
     return report
 
