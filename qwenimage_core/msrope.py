@@ -50,8 +50,7 @@ def _sample_table(shapes: tuple, txt_len: int, axes_dims: tuple, theta: float, l
     img = image_positions(shapes, layer3d)
     txt = torch.arange(txt_len).add(text_start(shapes, layer3d))[:, None].expand(-1, 3)
     ang = _angles(torch.cat([txt, img]), axes_dims, theta)  # joint order: text, then image
-    rot = torch.polar(torch.ones_like(ang), ang)  # polar, not cos/sin: bit-identical to the trained tables
-    return rot.real.contiguous().to(device), rot.imag.contiguous().to(device)
+    return torch.polar(torch.ones_like(ang), ang).to(device)  # unit rotations e^{i angle}, as complex64
 
 
 def image_sets(img_shapes, batch: int) -> list[tuple]:
@@ -69,24 +68,22 @@ def image_sets(img_shapes, batch: int) -> list[tuple]:
 
 
 def msrope_table(img_shapes, txt_len: int, batch: int, axes_dims: tuple, theta: float = 10000.0,
-                 layer3d: bool = False, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables [B or 1, txt_len + S_img, head_dim/2] (float32) for the joint [text, image] sequence.
+                 layer3d: bool = False, device=None) -> torch.Tensor:
+    """Rotation table [B or 1, txt_len + S_img, head_dim/2] (complex64) for the joint [text, image] sequence.
 
     Tables are cached by shape; a batch whose samples share one image set gets a single broadcast table."""
     sets = image_sets(img_shapes, batch)
     tables = [_sample_table(s, int(txt_len), tuple(axes_dims), float(theta), layer3d, device) for s in dict.fromkeys(sets)]
     if len(tables) == 1:
-        return tables[0][0][None], tables[0][1][None]
+        return tables[0][None]
     lengths = {sum(f * h * w for f, h, w in s) for s in sets}
     if len(lengths) > 1:
         raise ValueError(f"samples of one batch must have the same number of image tokens; img_shapes give {sorted(lengths)}")
     by_set = dict(zip(dict.fromkeys(sets), tables))
-    return (torch.stack([by_set[s][0] for s in sets]), torch.stack([by_set[s][1] for s in sets]))
+    return torch.stack([by_set[s] for s in sets])
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x [B, S, H, D] by cos/sin [B|1, S, D/2]; computed in float32 like the reference."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    re, im = xf[..., 0], xf[..., 1]
-    c, s = cos[:, :, None], sin[:, :, None]
-    return torch.stack([re * c - im * s, re * s + im * c], dim=-1).flatten(-2).to(x.dtype)
+def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x [B, S, H, D], read as complex numbers, by rot [B|1, S, D/2]; in float32."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * rot[:, :, None]).flatten(-2).to(x.dtype)

@@ -37,7 +37,7 @@ class JointAttention(nn.Module):
         q = torch.cat([self.norm_added_q(split(self.add_q_proj(txt))), self.norm_q(split(self.to_q(img)))], dim=1)
         k = torch.cat([self.norm_added_k(split(self.add_k_proj(txt))), self.norm_k(split(self.to_k(img)))], dim=1)
         v = torch.cat([split(self.add_v_proj(txt)), split(self.to_v(img))], dim=1)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         out = attention(q, k, v, mask)
         n_txt = txt.shape[1]
         return self.to_out[0](out[:, n_txt:].contiguous()), self.to_add_out(out[:, :n_txt].contiguous())
