@@ -4,10 +4,14 @@ It knows nothing of nodes or training; both faces import from here."""
 from .attention import register_attention_backend, set_attention_backend
 from .checkpoint import load_transformer, save_comfyui_transformer, save_transformer
 from .config import PRESETS, TransformerConfig, preset
+from .schedules import (ScheduleConfig, euler_step, fixed_shift_sigmas, initial_noise, official_sigmas, pack_latents,
+                        unpack_latents)
 from .transformer import QwenImageTransformer
 from .weights import CheckpointError
 
 __all__ = [
     "CheckpointError", "PRESETS", "QwenImageTransformer", "TransformerConfig", "load_transformer", "preset",
     "register_attention_backend", "save_comfyui_transformer", "save_transformer", "set_attention_backend",
+    "ScheduleConfig", "euler_step", "fixed_shift_sigmas", "initial_noise", "official_sigmas", "pack_latents",
+    "unpack_latents",
 ]
