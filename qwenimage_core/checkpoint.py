@@ -12,8 +12,10 @@ import json
 import os
 import re
 import torch
+import torch.nn as nn
 
 from .config import TransformerConfig
+from .fp8 import FP8_DTYPES, SCALE_SUFFIXES, is_quant_key, quant_format, quantize, swap_to_fp8
 from .transformer import QwenImageTransformer
 from .weights import CheckpointError, SafetensorsFile, assign_weights, open_checkpoint_files, save_file_atomic
 
@@ -139,21 +141,78 @@ def transformer_sources(path: str, config: TransformerConfig | None = None):
     return config, sources
 
 
-def load_transformer(path, device=None, dtype=None, config: TransformerConfig | None = None) -> QwenImageTransformer:
+def load_transformer(path, device=None, dtype=None, config: TransformerConfig | None = None,
+                     weight_dtype=None) -> QwenImageTransformer:
     """Load the MMDiT from a diffusers folder (model or `transformer/` folder) or a ComfyUI single file.
 
-    dtype defaults to the stored one (fp8 files to bfloat16); device to CPU. The model is built on the meta
-    device and each tensor is assigned from the memory-mapped file, so peak memory stays near the weights' size.
-    Errors name the file and the key. The result is in eval mode with gradients off."""
+    dtype: the compute dtype, default the stored one (bfloat16 for fp8 files). weight_dtype: None keeps fp8
+    weights of an fp8 file in fp8 (up-cast per layer at run time); torch.float8_e4m3fn also quantises the
+    high-precision linear weights of the blocks on load; a float dtype de-quantises fp8 weights into it.
+    device defaults to the CPU. The model is built on the meta device and each tensor is assigned from the
+    memory-mapped file, so peak memory stays near the weights' size. Errors name the file and the key. The
+    result is in eval mode with gradients off."""
     config, sources = transformer_sources(path, config)
+    quant = {n: sources.pop(n) for n in [n for n in sources if is_quant_key(n)]}
+    _check_quant_formats(quant)
+    stored_fp8 = {n[: -len(".weight")] for n, (f, k) in sources.items()
+                  if n.endswith(".weight") and f.dtype(k) in FP8_DTYPES}
     if dtype is None:
         f, key = sources.get("img_in.weight") or next(iter(sources.values()))
         stored = f.dtype(key) or torch.float32
-        dtype = torch.bfloat16 if stored.itemsize == 1 else stored
+        dtype = torch.bfloat16 if stored in FP8_DTYPES else stored
     with torch.device("meta"):
         model = QwenImageTransformer(config)
-    assign_weights(model, sources, dtype=dtype, device=device, ignore=lambda n: n in MARKERS, what="transformer")
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if weight_dtype is None:
+        fp8_modules = stored_fp8 & linears
+    elif weight_dtype in FP8_DTYPES:
+        fp8_modules = stored_fp8 | {n for n in linears if n.startswith("transformer_blocks.")}
+    else:
+        fp8_modules = set()
+    swap_to_fp8(model, sorted(fp8_modules), weight_dtype if weight_dtype in FP8_DTYPES else torch.float8_e4m3fn, dtype)
+
+    def scale_of(module: str) -> torch.Tensor | None:
+        for suffix in SCALE_SUFFIXES:
+            if module + suffix in quant:
+                f, k = quant[module + suffix]
+                return f.get(k).float().reshape(())
+        return None
+
+    scales: dict[str, torch.Tensor] = {}
+
+    def convert(name: str, t: torch.Tensor) -> torch.Tensor:
+        module = name.rpartition(".")[0]
+        if not name.endswith(".weight") or module not in stored_fp8 | fp8_modules:
+            return t
+        if module in fp8_modules and t.dtype in FP8_DTYPES:  # stays fp8, scale alongside
+            scales[module] = scale_of(module) if scale_of(module) is not None else torch.ones(())
+            return t
+        if module in fp8_modules:  # quantise on load
+            t, scales[module] = quantize(t, weight_dtype)
+            return t
+        s = scale_of(module)  # fp8 up-cast to a float dtype
+        return t.float() * s if s is not None else t
+
+    def target_dtype(name: str, t: torch.Tensor):
+        if name.endswith(".weight") and name.rpartition(".")[0] in fp8_modules:
+            return None  # the fp8 weight itself (already quantised by `convert` where needed)
+        return dtype if t.is_floating_point() else None
+
+    assign_weights(model, sources, dtype=target_dtype, device=device, convert=convert,
+                   ignore=lambda n: n in MARKERS, what="transformer")
+    for module in fp8_modules:
+        layer = model.get_submodule(module)
+        layer.weight_scale = scales[module].to(device=layer.weight.device)
     return model.eval().requires_grad_(False)
+
+
+def _check_quant_formats(quant: dict) -> None:
+    for n, (f, k) in quant.items():
+        if n.endswith(".comfy_quant"):
+            fmt = quant_format(f.get(k))
+            if fmt not in ("float8_e4m3fn", "float8_e5m2"):
+                raise CheckpointError(f"{f.path}: key {k!r}: quantisation format {fmt!r} is not supported "
+                                      "(fp8 e4m3fn/e5m2 are)")
 
 
 # ------------------------------------------------------------------------------------------------------ saving

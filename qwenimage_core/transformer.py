@@ -96,11 +96,12 @@ class QwenImageTransformer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.img_in.weight.dtype
+        """The compute dtype (linear weights may be stored in fp8; norms never are)."""
+        return self.txt_norm.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.img_in.weight.device
+        return self.txt_norm.weight.device
 
     def enable_gradient_checkpointing(self, enabled: bool = True):
         self.gradient_checkpointing = enabled
@@ -123,6 +124,7 @@ class QwenImageTransformer(nn.Module):
         if any(sum(prod(s) for s in st) != hidden_states.shape[1] for st in sets):
             raise ValueError(f"img_shapes {img_shapes} describe {n_img} tokens, hidden_states has {hidden_states.shape[1]}")
 
+        hidden_states, encoder_hidden_states = hidden_states.to(self.dtype), encoder_hidden_states.to(self.dtype)
         img = self.img_in(hidden_states)
         sigma = timestep.to(img.dtype).reshape(-1).expand(batch)
         mod_index = None

@@ -135,7 +135,7 @@ def assign_weights(
     model: torch.nn.Module,
     sources: Mapping[str, tuple[SafetensorsFile, str]],
     *,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | Callable[[str, torch.Tensor], torch.dtype | None] | None = None,
     device: torch.device | str | None = None,
     ignore: Callable[[str], bool] = lambda k: False,
     convert: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
@@ -145,11 +145,11 @@ def assign_weights(
 
     `sources` maps each model name to (file, key in file). Every name the model expects must be present and of
     the right shape, and every source name must be expected unless `ignore` says it is a known marker; all of
-    this is checked before any tensor is read. Floating tensors are cast to `dtype` (default: as stored);
+    this is checked before any tensor is read. Floating tensors are cast to `dtype` (default: as stored), which
+    may also be a function (name, tensor) -> dtype or None (keep);
     `convert(name, tensor)` may replace the tensor read from disk (e.g. de-quantisation) before placement.
     """
-    expected = dict(model.named_parameters())
-    expected.update(dict(model.named_buffers()))
+    expected = dict(model.state_dict(keep_vars=True))  # parameters and persistent buffers
     files = sorted({f.path for f, _ in sources.values()}) or ["<no file>"]
     where = files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} shards)"
 
@@ -175,7 +175,7 @@ def assign_weights(
         f, key = sources[name]
         raw = f.get(key)
         t = convert(name, raw) if convert is not None else raw
-        target = dtype if (dtype is not None and t.is_floating_point()) else None
+        target = dtype(name, t) if callable(dtype) else (dtype if t.is_floating_point() else None)
         placed = t.to(device=device if device is not None else "cpu", dtype=target or t.dtype)
         if placed.data_ptr() != raw.data_ptr():
             f.done_with(raw)

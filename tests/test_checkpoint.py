@@ -103,7 +103,7 @@ def test_dtype_and_device_on_load(tmp_path, model):
     assert torch.equal(bf.img_in.weight, model.img_in.weight.to(torch.bfloat16))
     fp8 = {k: v.to(torch.float8_e4m3fn) for k, v in model.state_dict().items()}
     save_file(fp8, tmp_path / "fp8.safetensors")
-    up = load_transformer(str(tmp_path / "fp8.safetensors"))  # plain fp8 defaults to bf16 compute weights
+    up = load_transformer(str(tmp_path / "fp8.safetensors"), weight_dtype=torch.bfloat16)  # de-quantised on request
     assert up.img_in.weight.dtype == torch.bfloat16
     assert torch.equal(up.img_in.weight, fp8["img_in.weight"].to(torch.bfloat16))
 
