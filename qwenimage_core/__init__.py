@@ -6,6 +6,7 @@ from .checkpoint import load_transformer, save_comfyui_transformer, save_transfo
 from .config import PRESETS, TransformerConfig, preset
 from .schedules import (ScheduleConfig, euler_step, fixed_shift_sigmas, initial_noise, official_sigmas, pack_latents,
                         unpack_latents)
+from .text_encoder import QwenTextEncoder, load_text_encoder
 from .transformer import QwenImageTransformer
 from .weights import CheckpointError
 
@@ -13,5 +14,5 @@ __all__ = [
     "CheckpointError", "PRESETS", "QwenImageTransformer", "TransformerConfig", "load_transformer", "preset",
     "register_attention_backend", "save_comfyui_transformer", "save_transformer", "set_attention_backend",
     "ScheduleConfig", "euler_step", "fixed_shift_sigmas", "initial_noise", "official_sigmas", "pack_latents",
-    "unpack_latents",
+    "unpack_latents", "QwenTextEncoder", "load_text_encoder",
 ]
