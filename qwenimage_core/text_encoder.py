@@ -29,7 +29,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from .checkpoint import folder_weight_files
+from .images import calculate_dimensions
 from .weights import CheckpointError, SafetensorsFile, assign_weights, open_checkpoint_files
 
 # ------------------------------------------------------------------------------------------------- templates
@@ -149,14 +149,6 @@ class TextEncoderLoadError(CheckpointError):
 
 # --------------------------------------------------------------------------------------------- image helpers
 
-def calculate_dimensions(target_area: float, ratio: float) -> tuple[int, int]:
-    """(width, height) of about `target_area` pixels at aspect `ratio` = w/h, each rounded to a multiple of 32:
-    the reference pipelines' `calculate_dimensions`."""
-    width = math.sqrt(target_area * ratio)
-    height = width / ratio
-    return int(round(width / 32) * 32), int(round(height / 32) * 32)
-
-
 def vision_size(width: int, height: int, template: str) -> tuple[int, int]:
     """The size a (width x height) reference image is resized to before the vision tower: ~1024x1024 area for
     "edit" (the edit pipeline's calculated size), ~384x384 for "edit_plus" (CONDITION_IMAGE_SIZE)."""
@@ -228,6 +220,7 @@ class QwenTextEncoder:
         self.tokenizer = tokenizer
         self.image_processor = image_processor if image_processor is not None else default_image_processor()
         self.multimodal_rope = multimodal_rope
+        self.execution_device = None  # set when the model's layers are offloaded (see `device`)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         cfg_id = getattr(inner.config, "image_token_id", None)
         if cfg_id is not None and cfg_id != self.image_token_id:
@@ -238,6 +231,10 @@ class QwenTextEncoder:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the weights' device, or the execution device of layer-wise offload (whose weights
+        wait on the CPU or the meta device between uses)."""
+        if self.execution_device is not None:
+            return torch.device(self.execution_device)
         return self.model.language_model.embed_tokens.weight.device
 
     @property

@@ -15,7 +15,6 @@ vision tokens 1D positions instead of Qwen2.5-VL's 3D ones (diffusers issue #141
 default; the tests compare that against the reference run through a text encoder that forwards them (the fix),
 and `multimodal_rope=False` against the unmodified reference.
 """
-import contextlib
 import importlib
 import json
 import os
@@ -30,14 +29,13 @@ from qwenimage.qwenimage_core import text_encoder as te
 from qwenimage.qwenimage_core.text_encoder import (QwenTextEncoder, TextEncoderLoadError, load_text_encoder,
                                                    resize_for_vision)
 
+from _tiny import TOKENIZER_DIR, ForwardTokenTypes, rand_image, reference_processor, tiny_te_config
 from _util import rel_err
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 from PIL import Image  # noqa: E402
 
-TOKENIZER_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",
-                                              "qwen25_tokenizer"))
 TOL = 1e-5
 
 
@@ -50,18 +48,9 @@ def tokenizer():
     return transformers.AutoTokenizer.from_pretrained(TOKENIZER_DIR)
 
 
-def tiny_config(vocab_size):
-    return transformers.Qwen2_5_VLConfig(
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=vocab_size, rms_norm_eps=1e-6,
-                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6}),
-        vision_config=dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2,
-                           fullatt_block_indexes=[1]))
-
-
 @pytest.fixture(scope="module")
 def config(tokenizer):
-    return tiny_config(len(tokenizer))
+    return tiny_te_config(len(tokenizer))
 
 
 @pytest.fixture(scope="module")
@@ -85,40 +74,10 @@ def encoder(model, tokenizer, image_processor):
     return QwenTextEncoder(model, tokenizer, image_processor)
 
 
-@contextlib.contextmanager
-def _no_processor_class_check():
-    from transformers.processing_utils import ProcessorMixin
-
-    orig = ProcessorMixin.check_argument_for_proper_class
-    ProcessorMixin.check_argument_for_proper_class = lambda self, *a, **k: None
-    try:
-        yield
-    finally:
-        ProcessorMixin.check_argument_for_proper_class = orig
-
-
 @pytest.fixture(scope="module")
 def ref_processor(tokenizer, image_processor):
     """The real transformers Qwen2VLProcessor (images only; its torchvision-needing class check skipped)."""
-    with _no_processor_class_check():
-        return transformers.Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer)
-
-
-class ForwardTokenTypes(torch.nn.Module):
-    """The reference's text encoder with the diffusers#14194 fix: it forwards `mm_token_type_ids` (1 on image
-    tokens) so transformers 5 builds Qwen2.5-VL's 3D rotary positions, as transformers 4 always did."""
-
-    def __init__(self, inner, image_token_id):
-        super().__init__()
-        self.inner = inner
-        self.image_token_id = image_token_id
-
-    @property
-    def dtype(self):
-        return self.inner.dtype
-
-    def forward(self, input_ids=None, **kwargs):
-        return self.inner(input_ids=input_ids, mm_token_type_ids=(input_ids == self.image_token_id).long(), **kwargs)
+    return reference_processor(tokenizer, image_processor)
 
 
 def _pipe(cls, text_encoder, tokenizer, processor=None):
@@ -145,11 +104,6 @@ def ref_edit_plus(model, tokenizer, ref_processor):
     fixed = ForwardTokenTypes(model, tokenizer.convert_tokens_to_ids("<|image_pad|>"))
     return (_pipe(diffusers.QwenImageEditPlusPipeline, model, tokenizer, ref_processor),
             _pipe(diffusers.QwenImageEditPlusPipeline, fixed, tokenizer, ref_processor))
-
-
-def rand_image(w, h, seed):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 def assert_same(ours, ref):

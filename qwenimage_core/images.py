@@ -1,0 +1,93 @@
+"""Pixels in and out: PIL images to VAE input tensors and back, and inpainting masks, as the reference pipelines
+prepare them (Lanczos resampling, [-1, 1] range, masks binarised at 0.5)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+MULTIPLE = 16  # 8x VAE compression x 2x2 patches
+
+
+def check_size(width: int, height: int, what: str = "image") -> None:
+    for name, v in (("width", width), ("height", height)):
+        if not isinstance(v, (int, np.integer)) or v < MULTIPLE or v % MULTIPLE:
+            lower = max(MULTIPLE, int(v) // MULTIPLE * MULTIPLE) if isinstance(v, (int, float)) else MULTIPLE
+            raise ValueError(f"{what} {name} {v!r} is not a multiple of {MULTIPLE} pixels (8x VAE x 2x2 patches); "
+                             f"use {lower} or {lower + MULTIPLE}")
+
+
+def calculate_dimensions(target_area: float, ratio: float) -> tuple[int, int]:
+    """(width, height) of about `target_area` pixels at aspect `ratio` = w/h, each rounded to a multiple of 32:
+    the reference pipelines' `calculate_dimensions` (edit outputs, reference latents, vision-tower images)."""
+    width = math.sqrt(target_area * ratio)
+    height = width / ratio
+    return int(round(width / 32) * 32), int(round(height / 32) * 32)
+
+
+def to_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """RGB PIL image -> [1, 3, height, width] float32 in [-1, 1], resized with Lanczos when the size differs."""
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=Image.LANCZOS)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    return x * 2.0 - 1.0
+
+
+def mask_to_tensor(mask: Image.Image, width: int, height: int) -> torch.Tensor:
+    """Mask image -> [1, 1, height, width] of 0 (keep) and 1 (repaint): resized, then grey, then binarised at 0.5."""
+    if mask.size != (width, height):
+        mask = mask.resize((width, height), resample=Image.LANCZOS)
+    m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+    return (m >= 0.5).float()
+
+
+def to_pil(x: torch.Tensor) -> list[Image.Image]:
+    """[B, 3, H, W] in [-1, 1] -> PIL images (clamped, rounded to 8 bits)."""
+    x = (x.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in (x * 255).round().astype("uint8")]
+
+
+# The official text-to-image sizes (width, height) per aspect ratio, from the Qwen-Image model card.
+ASPECT_PRESETS = {
+    "1:1": (1328, 1328), "16:9": (1664, 928), "9:16": (928, 1664), "4:3": (1472, 1104), "3:4": (1104, 1472),
+    "3:2": (1584, 1056), "2:3": (1056, 1584),
+}
+
+
+def load_image(path, what: str = "image") -> Image.Image:
+    """Open an image file fully (so a bad file fails here, naming it, not halfway through a run)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except Exception as e:  # PIL raises several types for broken files
+        raise ValueError(f"{what} {path}: not a readable image ({e})") from e
+
+
+def save_png(image: Image.Image, path, text: dict[str, str]) -> None:
+    """Write a PNG with `text` in its tEXt chunks, atomically: a temporary file in the same folder renamed into
+    place, so an interrupted save never leaves a truncated picture under the final name."""
+    import os
+    import tempfile
+
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for k, v in text.items():
+        info.add_text(k, v)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            image.save(fh, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
