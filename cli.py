@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -55,6 +56,73 @@ def cmd_selfcheck(a) -> int:
     return 0
 
 
+def _size(a):
+    from .qwenimage_core.images import ASPECT_PRESETS
+
+    if a.aspect:
+        if a.width or a.height:
+            raise ValueError("give --aspect or --width/--height, not both")
+        return ASPECT_PRESETS[a.aspect]
+    return a.width, a.height
+
+
+def cmd_generate(a) -> int:
+    """Load a model, generate (or edit) and save PNGs with the settings in their text chunk."""
+    import json
+
+    import torch
+    from tqdm import tqdm
+
+    from .qwenimage_core.images import load_image, save_png
+    from .qwenimage_core.pipeline import load_pipeline
+
+    width, height = _size(a)
+    refs = [load_image(p, "reference image") for p in a.reference or []]
+    image = load_image(a.image, "image") if a.image else None
+    mask = load_image(a.mask, "mask") if a.mask else None
+    model = a.model[0] if len(a.model) == 1 else a.model
+    if len(a.model) not in (1, 3):
+        raise ValueError("give a diffusers model folder, or three files: diffusion model, text encoder, VAE")
+    dtype = getattr(torch, a.dtype) if a.dtype else None
+    pipe = load_pipeline(model, device=a.device, dtype=dtype, edit_template=a.edit_template)
+    bar = tqdm(total=None, desc="sampling", unit="step", disable=a.quiet)
+
+    def progress(i, total, latents, x0):
+        bar.total = total
+        bar.update(1)
+
+    images = pipe.generate(a.prompt, negative_prompt=a.negative_prompt, width=width, height=height, steps=a.steps,
+                           cfg=a.cfg, seed=a.seed, references=refs or None, image=image, strength=a.strength,
+                           mask=mask, num_images=a.num_images, shift=a.shift, callback=progress)
+    bar.close()
+    settings = {"prompt": a.prompt, "negative_prompt": a.negative_prompt, "width": images[0].width,
+                "height": images[0].height, "steps": a.steps, "cfg": a.cfg, "shift": a.shift, "seed": a.seed,
+                "model": [os.path.basename(os.path.normpath(m)) for m in a.model], "references": a.reference,
+                "image": a.image, "strength": a.strength if a.image else None, "mask": a.mask,
+                "edit_template": pipe.edit_template if refs else None}
+    stem, ext = os.path.splitext(a.output)
+    for i, im in enumerate(images):
+        path = a.output if len(images) == 1 else f"{stem}_{i:02d}{ext or '.png'}"
+        save_png(im, path, {"qwenimage": json.dumps({**settings, "index": i}), "parameters": _a1111(settings)})
+        print(path)
+    return 0
+
+
+def _a1111(s) -> str:
+    """The settings as the 'parameters' text most image viewers and civitai read."""
+    neg = f"\nNegative prompt: {s['negative_prompt']}" if s["negative_prompt"] else ""
+    shift = f", Shift: {s['shift']}" if s["shift"] is not None else ""
+    return (f"{s['prompt']}{neg}\nSteps: {s['steps']}, Sampler: Euler, CFG scale: {s['cfg']}, Seed: {s['seed']}, "
+            f"Size: {s['width']}x{s['height']}{shift}, Model: {'+'.join(s['model'])}")
+
+
+def cmd_download(a) -> int:
+    from .qwenimage_core.hub import download
+
+    print(download(a.name, a.dir, a.revision))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="qwenimage", description="Qwen-Image: text-to-image and editing")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -66,12 +134,49 @@ def main(argv=None) -> int:
     p = sub.add_parser("selfcheck", help="round-trip a small model through both checkpoint layouts")
     p.add_argument("--preset", default="tiny")
     p.set_defaults(fn=cmd_selfcheck)
+
+    from .qwenimage_core.images import ASPECT_PRESETS
+    from .qwenimage_core.hub import MODELS
+
+    p = sub.add_parser("generate", help="text-to-image, image-to-image, inpainting and edits to PNG files")
+    p.add_argument("model", nargs="+", help="a diffusers model folder, or three ComfyUI files: diffusion model, "
+                                            "text encoder, VAE (in that order)")
+    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("-n", "--negative-prompt", default=None, help="used when --cfg > 1 (default ' ')")
+    p.add_argument("-W", "--width", type=int, default=None)
+    p.add_argument("-H", "--height", type=int, default=None)
+    p.add_argument("--aspect", choices=sorted(ASPECT_PRESETS), help="an official size preset, e.g. 16:9 = 1664x928")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cfg", type=float, default=4.0, help="true CFG scale; 1 turns guidance off")
+    p.add_argument("--shift", type=float, default=None,
+                   help="fixed schedule shift as in ComfyUI (e.g. 3.1); default: the official dynamic schedule")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-r", "--reference", action="append", help="reference image for an edit (repeat for up to 3)")
+    p.add_argument("-i", "--image", help="input image for image-to-image or inpainting")
+    p.add_argument("--strength", type=float, default=0.8, help="image-to-image strength (1 = ignore the image)")
+    p.add_argument("-m", "--mask", help="inpainting mask, white = repaint (the --image's size)")
+    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--edit-template", choices=["edit", "edit_plus"], default=None,
+                   help="which edit model (default: from model_index.json)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="bfloat16, float16, float32 (default: bfloat16 on GPU)")
+    p.add_argument("-o", "--output", default="qwenimage.png")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("download", help="fetch an official model folder from the Hugging Face hub")
+    p.add_argument("name", help=f"one of {', '.join(MODELS)}, or a hub id")
+    p.add_argument("--dir", default=None, help="destination folder (default: the hub cache)")
+    p.add_argument("--revision", default=None)
+    p.set_defaults(fn=cmd_download)
     a = ap.parse_args(argv)
     from .qwenimage_core import CheckpointError
 
+    from .qwenimage_core.hub import DownloadError
+
     try:
         return a.fn(a)
-    except CheckpointError as e:
+    except (CheckpointError, DownloadError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
