@@ -334,3 +334,29 @@ def test_vram_budget_streams_blocks_and_gives_the_same_image(saved, monkeypatch)
     assert rel_err(got, ref) < 1e-5
     assert np.abs(_pixels(low.decode(got, 32, 32)) - want).max() <= 1
     assert low.transformer._block_swap.max_loaded <= 2
+
+
+def test_three_comfyui_files_give_the_folder_result(saved, parts, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from qwenimage.qwenimage_core import save_comfyui_transformer
+    from qwenimage.qwenimage_core import text_encoder as te
+
+    _, ours, _ = saved("t2i")
+    d = tmp_path / "comfy"
+    d.mkdir()
+    save_comfyui_transformer(ours.transformer, str(d / "qwen_image_bf16.safetensors"))
+    inner = parts["text_encoder"].model
+    save_file({te.model_name_to_disk_key(n): t.contiguous() for n, t in inner.state_dict().items()},
+              str(d / "qwen_2.5_vl_7b.safetensors"))
+    save_file({k: v.contiguous() for k, v in parts["vae"].state_dict().items()}, str(d / "qwen_image_vae.safetensors"))
+    parts["tokenizer"].save_pretrained(d / "tokenizer")  # found next to the text encoder file
+    # the single file carries no config: a real one is Qwen2.5-VL-7B, this one is tiny
+    monkeypatch.setattr(te, "official_text_encoder_config", lambda: parts["text_encoder"].config)
+    three = pl.load_pipeline([str(d / "qwen_image_bf16.safetensors"), str(d / "qwen_2.5_vl_7b.safetensors"),
+                              str(d / "qwen_image_vae.safetensors")], dtype=torch.float32)
+    kw = dict(prompt="a red barn", width=48, height=32, steps=2, cfg=2.0, seed=4)
+    assert np.abs(_pixels(three.generate(**kw)) - _pixels(ours.generate(**kw))).max() <= 1
+    with pytest.raises(FileNotFoundError, match="vae file not found"):
+        pl.load_pipeline([str(d / "qwen_image_bf16.safetensors"), str(d / "qwen_2.5_vl_7b.safetensors"),
+                          str(d / "nope.safetensors")])
