@@ -16,3 +16,14 @@ def reference_dir():
         pytest.skip(f"reference data not found at {REFERENCE}")
     return REFERENCE
 
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real Qwen2.5 tokenizer from shared/reference (true token counts for the text-encoder tests)."""
+    from _tiny import TOKENIZER_DIR
+
+    if not os.path.isdir(TOKENIZER_DIR):
+        pytest.skip(f"Qwen2.5 tokenizer not found at {TOKENIZER_DIR}")
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(TOKENIZER_DIR)

@@ -35,13 +35,6 @@ CLASSES = {
 # ------------------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    if not os.path.isdir(TOKENIZER_DIR):
-        pytest.skip(f"Qwen2.5 tokenizer not found at {TOKENIZER_DIR}")
-    return transformers.AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-
-
-@pytest.fixture(scope="module")
 def parts(tokenizer):
     te = tiny_text_encoder(len(tokenizer))
     return dict(transformer=tiny_transformer(), vae=tiny_vae(), text_encoder=te, tokenizer=tokenizer,

@@ -42,13 +42,6 @@ TOL = 1e-5
 # ------------------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    if not os.path.isdir(TOKENIZER_DIR):
-        pytest.skip(f"Qwen2.5 tokenizer not found at {TOKENIZER_DIR}")
-    return transformers.AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-
-
-@pytest.fixture(scope="module")
 def config(tokenizer):
     return tiny_te_config(len(tokenizer))
 
