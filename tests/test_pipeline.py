@@ -6,12 +6,11 @@ The edit references run their text encoder through `ForwardTokenTypes` (the diff
 encoder applies by default; see test_text_encoder.py), so the vision tokens get Qwen2.5-VL's 3D positions in both.
 """
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
-from _tiny import (TOKENIZER_DIR, ForwardTokenTypes, reference_processor, smooth_image, tiny_text_encoder,
+from _tiny import (ForwardTokenTypes, reference_processor, smooth_image, tiny_text_encoder,
                    tiny_transformer, tiny_vae, official_scheduler)
 from _util import rel_err
 from PIL import Image, ImageDraw
