@@ -67,6 +67,19 @@ def folder_weight_files(folder: str) -> list[str]:
     return [os.path.join(folder, files[0])]
 
 
+def folder_sources(folder: str, config, parse_config):
+    """(config, {name: (file, key)}) for one diffusers component folder; `parse_config` reads its config.json
+    unless a config is given, and a config it rejects is an error naming the file."""
+    if config is None:
+        cfg_path = os.path.join(folder, "config.json")
+        try:
+            config = parse_config(read_json(cfg_path))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{cfg_path}: {e}") from None
+    files = open_checkpoint_files(folder_weight_files(folder))
+    return config, {k: (f, k) for k, f in files.items()}
+
+
 # ----------------------------------------------------------------------------------------------- single files
 
 def split_prefix(keys, prefixes) -> tuple[str, list[str]] | None:
@@ -114,14 +127,7 @@ def transformer_sources(path: str, config: TransformerConfig | None = None):
         folder = component_folder(path, "transformer")
         if folder is None:
             raise CheckpointError(f"{path}: not a diffusers model folder: no transformer/config.json or config.json")
-        cfg_path = os.path.join(folder, "config.json")
-        if config is None:
-            try:
-                config = TransformerConfig.from_dict(read_json(cfg_path))
-            except (TypeError, ValueError) as e:
-                raise CheckpointError(f"{cfg_path}: {e}") from None
-        files = open_checkpoint_files(folder_weight_files(folder))
-        return config, {k: (f, k) for k, f in files.items()}
+        return folder_sources(folder, config, TransformerConfig.from_dict)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file or folder")
     f = SafetensorsFile(path)

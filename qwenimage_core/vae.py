@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import _write_json, component_folder, folder_weight_files, read_json
-from .weights import CheckpointError, SafetensorsFile, assign_weights, open_checkpoint_files, save_file_atomic
+from .checkpoint import _write_json, component_folder, folder_sources
+from .weights import CheckpointError, SafetensorsFile, assign_weights, save_file_atomic
 
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
@@ -486,14 +486,7 @@ def vae_sources(path, config: VAEConfig | None = None) -> tuple[VAEConfig, dict]
         folder = component_folder(path, "vae")
         if folder is None:
             raise CheckpointError(f"{path}: no vae/ folder with a config.json (nor is it a VAE folder)")
-        if config is None:
-            cfg_path = os.path.join(folder, "config.json")
-            try:
-                config = VAEConfig.from_diffusers(read_json(cfg_path))
-            except (TypeError, ValueError) as e:
-                raise CheckpointError(f"{cfg_path}: {e}") from None
-        files = open_checkpoint_files(folder_weight_files(folder))
-        return config, {k: (f, k) for k, f in files.items()}
+        return folder_sources(folder, config, VAEConfig.from_diffusers)
     f = SafetensorsFile(path)
     keys = f.keys()
     prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in keys)), "")

@@ -139,3 +139,15 @@ def smooth_image(w, h, seed):
     small = torch.rand(1, 3, 4, 4, generator=g)
     big = torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
     return Image.fromarray((big[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def random_tiny_transformer(seed=0, std=0.2):
+    """Our tiny MMDiT with N(0, std) in every parameter (no zero-initialised layer hides a bug)."""
+    from qwenimage.qwenimage_core import QwenImageTransformer, preset
+
+    torch.manual_seed(seed)
+    m = QwenImageTransformer(preset("tiny"))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, std)
+    return m.eval()

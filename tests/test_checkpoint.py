@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from _tiny import random_tiny_transformer
 from qwenimage.qwenimage_core import CheckpointError, QwenImageTransformer, load_transformer, preset
 from qwenimage.qwenimage_core.checkpoint import save_comfyui_transformer, save_transformer
 
@@ -14,12 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 
 @pytest.fixture()
 def model():
-    torch.manual_seed(0)
-    m = QwenImageTransformer(preset("tiny"))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.2)
-    return m.eval()
+    return random_tiny_transformer()
 
 
 def inputs():

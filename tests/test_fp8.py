@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 from _util import rel_err
 
+from _tiny import random_tiny_transformer
 from qwenimage.qwenimage_core import CheckpointError, QwenImageTransformer, load_transformer, preset
 from qwenimage.qwenimage_core.fp8 import FP8Linear, quantize
 
@@ -20,12 +21,7 @@ E4M3_SUBNORMAL_STEP = 2.0 ** -9
 
 @pytest.fixture()
 def model():
-    torch.manual_seed(0)
-    m = QwenImageTransformer(preset("tiny"))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.2)
-    return m.eval()
+    return random_tiny_transformer()
 
 
 # Single files carry no config; the tiny preset's MSRoPE split is not the one inferred for its head size, so
