@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from _util import rel_err
 
 from _tiny import random_tiny_transformer
-from qwenimage.qwenimage_core import CheckpointError, QwenImageTransformer, load_transformer, preset
+from qwenimage.qwenimage_core import CheckpointError, QwenImageTransformer, load_transformer
 from qwenimage.qwenimage_core.fp8 import FP8Linear, quantize
 
 E4M3_REL = 2.0 ** -4
