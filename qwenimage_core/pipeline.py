@@ -124,40 +124,23 @@ class QwenImage:
         edit = None
         if refs:
             edit = self._edit_inputs(refs)
-            width, height = width or edit["size"][0], height or edit["size"][1]
+            width, height = width or edit.size[0], height or edit.size[1]
         elif image is not None:
             image = _as_images(image, "image")[0]
             width, height = width or image.width // 16 * 16, height or image.height // 16 * 16
         width, height = width or DEFAULT_SIZE[0], height or DEFAULT_SIZE[1]
-        check_size(width, height, "output")
-        sigmas = self._sigmas(steps, width, height, shift)
+        sigmas_for(steps, width, height, shift)  # checks the settings before the text encoder runs
 
         cond, uncond = self._encode(prompts, negative_prompt, cfg, num_images, edit)
-        img_shapes = [[(1, height // 16, width // 16)] + ([] if edit is None else edit["shapes"])] * batch
-        inpaint, ref_tokens = None, None
+        clean, pixel_mask = None, None
         if image is not None:
-            start = int(max(steps - min(steps * strength, steps), 0))  # the reference's get_timesteps
-            sigmas = sigmas[start:]
             clean = self._encode_image(to_tensor(image, width, height), gen)  # drawn before the noise, as the ref
-            clean = clean.repeat(batch // clean.shape[0], 1, 1, 1, 1)
-            noise = initial_noise(batch, height, width, gen)
-            latents = pack_latents(add_noise(clean, noise, sigmas[0]))
             if mask is not None:
-                inpaint = self._inpaint_state(mask, image, width, height, clean, noise)
-        else:
-            latents = pack_latents(initial_noise(batch, height, width, gen))
-            if edit is not None:
-                ref_tokens = edit["tokens"].repeat(batch, 1, 1)
-
+                pixel_mask = _pixel_mask(mask, image, width, height)
         with self.placement.use(self.transformer) as model:
-            dev, dtype = self.device, model.dtype
-            move = lambda t: None if t is None else t.to(dev, dtype)  # noqa: E731
-            if inpaint is not None:
-                inpaint = InpaintState(*(move(t) for t in (inpaint.image_tokens, inpaint.mask_tokens, inpaint.noise)))
-            latents = denoise(model, move(latents), sigmas.to(dev), cond.to(dev, dtype), img_shapes=img_shapes,
-                              uncond=None if uncond is None else uncond.to(dev, dtype), cfg=cfg,
-                              reference_tokens=move(ref_tokens), inpaint=inpaint, callback=callback,
-                              interrupt=interrupt)
+            latents = sample(model, cond, uncond, width=width, height=height, steps=steps, cfg=cfg, seed=gen,
+                             batch=batch, shift=shift, schedule=self.schedule, clean=clean, strength=strength,
+                             mask=pixel_mask, device=self.device, callback=callback, interrupt=interrupt)
         if output_type == "latent":
             return latents
         return self.decode(latents, width, height)
@@ -171,16 +154,9 @@ class QwenImage:
 
     # --------------------------------------------------------------------------------------------- helpers
 
-    def _sigmas(self, steps, width, height, shift):
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps {steps!r} must be a positive integer")
-        if shift is None:
-            return official_sigmas(steps, image_seq_len(height, width), self.schedule)
-        return fixed_shift_sigmas(steps, float(shift))
-
     def _encode(self, prompts, negative_prompt, cfg, num_images, edit):
         template = "t2i" if edit is None else self.edit_template
-        images = None if edit is None else edit["vision"]
+        images = None if edit is None else edit.vision
         negs = None
         if cfg > 1.0:
             neg = negative_prompt if negative_prompt is not None else " "
@@ -188,30 +164,18 @@ class QwenImage:
             if len(negs) != len(prompts):
                 raise ValueError(f"{len(negs)} negative prompts for {len(prompts)} prompts")
         with self.placement.use(self.text_encoder) as te:
-            cond = Conditioning(*te.encode(prompts, images=images, template=template, num_images_per_prompt=num_images))
+            cond = Conditioning(*te.encode(prompts, images=images, template=template, num_images_per_prompt=num_images),
+                                references=edit)
             uncond = None if negs is None else Conditioning(
-                *te.encode(negs, images=images, template=template, num_images_per_prompt=num_images))
+                *te.encode(negs, images=images, template=template, num_images_per_prompt=num_images), references=edit)
         return cond, uncond
 
-    def _edit_inputs(self, refs) -> dict:
-        """The default output size, the reference latents (joined after the noisy tokens), their grid shapes,
-        and the images for the vision tower. Every reference is VAE-encoded at about a megapixel at its own
-        aspect; the default output size follows the last one (as both reference edit pipelines)."""
+    def _edit_inputs(self, refs) -> "EditReferences":
         if self.edit_template is None:
             raise ValueError("this model is not an edit model (no edit pipeline in its model_index.json); "
                              "load an Edit checkpoint or pass edit_template='edit' or 'edit_plus'")
-        limit = 1 if self.edit_template == "edit" else 3
-        if not 1 <= len(refs) <= limit:
-            raise ValueError(f"this edit model takes {'exactly 1' if limit == 1 else '1 to 3'} reference image(s), "
-                             f"got {len(refs)}")
-        tokens, shapes = [], []
-        for ref in refs:
-            rw, rh = calculate_dimensions(EDIT_AREA, ref.width / ref.height)
-            tokens.append(pack_latents(self._encode_image(to_tensor(ref, rw, rh), None)))
-            shapes.append((1, rh // 16, rw // 16))
-        vision = resize_for_vision(refs[0] if self.edit_template == "edit" else refs, self.edit_template)
-        size = calculate_dimensions(EDIT_AREA, refs[-1].width / refs[-1].height)
-        return {"size": size, "tokens": torch.cat(tokens, dim=1), "shapes": shapes, "vision": vision}
+        with self.placement.use(self.vae) as vae:
+            return encode_references(vae, refs, self.edit_template)
 
     def _encode_image(self, pixels, generator) -> torch.Tensor:
         """Normalised latents [B, 16, 1, h, w] of pixels [B, 3, H, W]: the posterior's mode when `generator` is
@@ -226,25 +190,146 @@ class QwenImage:
                 z = dist.sample(generator)
             return vae.normalize_latents(z).float().cpu()
 
-    def _inpaint_state(self, mask, image, width, height, clean, noise):
-        """Mask (PIL, white = repaint, or a tensor [H, W] / [1, 1, H, W] in [0, 1]) of the input image's size ->
-        what the loop keeps: nearest-resized to the latent grid, as the reference, and packed like the tokens."""
-        if isinstance(mask, torch.Tensor):
-            m = mask.float().reshape(1, 1, *mask.shape[-2:])
-            size = (m.shape[-1], m.shape[-2])
-        else:
-            mask = _as_images(mask, "mask")[0]
-            size = mask.size
-        if size != image.size:
-            raise ValueError(f"mask is {size[0]}x{size[1]} but the image is {image.width}x{image.height}; "
-                             "give a mask of the image's size")
-        if isinstance(mask, torch.Tensor):
-            m = (F.interpolate(m, size=(height, width), mode="bilinear") >= 0.5).float()
-        else:
-            m = mask_to_tensor(mask, width, height)
-        m = F.interpolate(m, size=(height // 8, width // 8))  # nearest, as the reference
-        m = m[:, :, None].expand(clean.shape[0], clean.shape[1], 1, -1, -1)
-        return InpaintState(pack_latents(clean), pack_latents(m), pack_latents(noise))
+
+def _pixel_mask(mask, image, width, height) -> torch.Tensor:
+    """generate()'s mask (PIL, white = repaint, or a tensor [H, W] / [1, 1, H, W] in [0, 1]) of the input image's
+    size -> [1, 1, height, width] of 0 (keep) and 1 (repaint), as the reference prepares it."""
+    if isinstance(mask, torch.Tensor):
+        m = mask.float().reshape(1, 1, *mask.shape[-2:])
+        size = (m.shape[-1], m.shape[-2])
+    else:
+        mask = _as_images(mask, "mask")[0]
+        size = mask.size
+    if size != image.size:
+        raise ValueError(f"mask is {size[0]}x{size[1]} but the image is {image.width}x{image.height}; "
+                         "give a mask of the image's size")
+    if isinstance(mask, torch.Tensor):
+        return (F.interpolate(m, size=(height, width), mode="bilinear") >= 0.5).float()
+    return mask_to_tensor(mask, width, height)
+
+
+# ------------------------------------------------------------------------------------ the shared sampler
+
+@dataclass
+class EditReferences:
+    """What an edit conditions on besides the prompt: the reference latents (normalised, packed [1, S_ref, 64],
+    joined after the noisy tokens), their patch grids, the default output size (the last reference's) and the
+    images the vision tower saw."""
+    tokens: torch.Tensor
+    shapes: list
+    size: tuple[int, int]
+    vision: object = None
+
+
+def encode_references(vae, refs, template: str) -> EditReferences:
+    """1 to 3 PIL references -> EditReferences. Each is VAE-encoded (posterior mode) at about a megapixel at its
+    own aspect; the default output size follows the last one (as both reference edit pipelines)."""
+    refs = _as_images(refs, "references")
+    limit = 1 if template == "edit" else 3
+    if not 1 <= len(refs) <= limit:
+        raise ValueError(f"this edit model takes {'exactly 1' if limit == 1 else '1 to 3'} reference image(s), "
+                         f"got {len(refs)}")
+    tokens, shapes = [], []
+    for ref in refs:
+        rw, rh = calculate_dimensions(EDIT_AREA, ref.width / ref.height)
+        z = vae.encode(to_tensor(ref, rw, rh)[:, :, None].to(vae.device, vae.dtype)).mode()
+        tokens.append(pack_latents(vae.normalize_latents(z).float().cpu()))
+        shapes.append((1, rh // 16, rw // 16))
+    vision = resize_for_vision(refs[0] if template == "edit" else refs, template)
+    size = calculate_dimensions(EDIT_AREA, refs[-1].width / refs[-1].height)
+    return EditReferences(torch.cat(tokens, dim=1), shapes, size, vision)
+
+
+def sample(transformer, cond: Conditioning, uncond: Conditioning | None = None, *, width: int, height: int,
+           steps: int, cfg: float, seed, batch: int = 1, shift: float | None = None,
+           schedule: ScheduleConfig | None = None, clean: torch.Tensor | None = None, strength: float = 1.0,
+           mask: torch.Tensor | None = None, device=None, callback=None, interrupt=None) -> torch.Tensor:
+    """The one sampler behind `QwenImage.generate`, the graph nodes and the trainer's validation: packed latents
+    [batch, S, 64] (normalised) for the conditioning. Edit references ride on `cond.references`.
+
+    `seed`: an int (one CPU noise stream for the batch), a list (one per image) or generator(s). `shift` None
+    uses the official resolution-dependent schedule; a number, ComfyUI's fixed-shift schedule. `clean`
+    (normalised latents [1 or batch, 16, 1, h, w]) starts from that image, skipping the first (1 - strength) of
+    the steps as the reference's get_timesteps does; `mask` (in [0, 1], [1 or batch, 1, H, W], any size: resized
+    to the output and binarised at 0.5; 1 = repaint) inpaints, keeping the rest of `clean` at every step."""
+    gen = _generators(seed, batch)
+    sigmas = sigmas_for(steps, width, height, shift, schedule)
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength {strength} must be in (0, 1]")
+    if mask is not None and clean is None:
+        raise ValueError("inpainting needs the image's latents to keep (clean=...)")
+    cond, uncond = _to_batch(cond, batch, "positive"), None if uncond is None else _to_batch(uncond, batch, "negative")
+    refs = cond.references
+    img_shapes = [[(1, height // 16, width // 16)] + ([] if refs is None else list(refs.shapes))] * batch
+    inpaint, ref_tokens = None, None
+    if clean is not None:
+        if tuple(clean.shape[-2:]) != (height // 8, width // 8):
+            raise ValueError(f"the image latents are {clean.shape[-1] * 8}x{clean.shape[-2] * 8} pixels but the "
+                             f"output is {width}x{height}")
+        start = int(max(steps - min(steps * strength, steps), 0))  # the reference's get_timesteps
+        sigmas = sigmas[start:]
+        clean = _repeat_to(clean.float().cpu(), batch, "image latents")
+        noise = initial_noise(batch, height, width, gen)
+        latents = pack_latents(add_noise(clean, noise, sigmas[0]))
+        if mask is not None:
+            inpaint = _inpaint_state(mask, clean, noise, width, height, batch)
+    else:
+        latents = pack_latents(initial_noise(batch, height, width, gen))
+    if refs is not None:
+        ref_tokens = refs.tokens.repeat(batch, 1, 1)
+
+    dev = torch.device(device) if device is not None else transformer.device
+    dtype = transformer.dtype
+    move = lambda t: None if t is None else t.to(dev, dtype)  # noqa: E731
+    if inpaint is not None:
+        inpaint = InpaintState(*(move(t) for t in (inpaint.image_tokens, inpaint.mask_tokens, inpaint.noise)))
+    return denoise(transformer, move(latents), sigmas.to(dev), cond.to(dev, dtype), img_shapes=img_shapes,
+                   uncond=None if uncond is None else uncond.to(dev, dtype), cfg=cfg,
+                   reference_tokens=move(ref_tokens), inpaint=inpaint, callback=callback, interrupt=interrupt)
+
+
+def sigmas_for(steps: int, width: int, height: int, shift: float | None = None,
+               schedule: ScheduleConfig | None = None) -> torch.Tensor:
+    """The sampling schedule: official (resolution-dependent shift) when `shift` is None, else ComfyUI's fixed."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps {steps!r} must be a positive integer")
+    check_size(width, height, "output")
+    if shift is None:
+        return official_sigmas(steps, image_seq_len(height, width), schedule or ScheduleConfig())
+    if not shift > 0:
+        raise ValueError(f"shift {shift} must be positive")
+    return fixed_shift_sigmas(steps, float(shift))
+
+
+def _repeat_to(x: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+    if x.shape[0] == batch:
+        return x
+    if batch % x.shape[0]:
+        raise ValueError(f"{what}: a batch of {x.shape[0]} does not divide the batch of {batch}")
+    return x.repeat(batch // x.shape[0], *([1] * (x.dim() - 1)))
+
+
+def _to_batch(c: Conditioning, batch: int, what: str) -> Conditioning:
+    """One prompt's states for every image (repeated), or already one per image."""
+    n = c.embeds.shape[0]
+    if n == batch:
+        return c
+    if batch % n:
+        raise ValueError(f"{what} conditioning holds {n} prompts, which does not divide the batch of {batch}")
+    return c.repeat(batch // n)
+
+
+def _inpaint_state(mask, clean, noise, width, height, batch) -> InpaintState:
+    """What the loop keeps: the mask binarised at the output size, nearest-resized to the latent grid as the
+    reference does, and packed like the tokens."""
+    m = mask.float().cpu()
+    m = m.reshape(-1, 1, *m.shape[-2:])
+    if tuple(m.shape[-2:]) != (height, width):
+        m = F.interpolate(m, size=(height, width), mode="bilinear")
+    m = (m >= 0.5).float()
+    m = F.interpolate(m, size=(height // 8, width // 8))  # nearest, as the reference
+    m = _repeat_to(m, batch, "mask")[:, :, None].expand(-1, clean.shape[1], 1, -1, -1)
+    return InpaintState(pack_latents(clean), pack_latents(m), pack_latents(noise))
 
 
 def _generators(seed, batch):
@@ -252,7 +337,7 @@ def _generators(seed, batch):
     if isinstance(seed, (list, tuple)):
         if len(seed) != batch:
             raise ValueError(f"{len(seed)} seeds for {batch} images; give one per image or a single seed")
-        return [torch.Generator("cpu").manual_seed(int(s)) for s in seed]
+        return [s if isinstance(s, torch.Generator) else torch.Generator("cpu").manual_seed(int(s)) for s in seed]
     if isinstance(seed, torch.Generator):
         return seed
     return torch.Generator("cpu").manual_seed(int(seed))

@@ -20,20 +20,22 @@ class Interrupted(Exception):
 
 @dataclass
 class Conditioning:
-    """Prompt states for the transformer: embeds [B, L, 3584] and mask [B, L] (1 = token, 0 = padding)."""
+    """Prompt states for the transformer: embeds [B, L, 3584] and mask [B, L] (1 = token, 0 = padding); for an
+    edit, also the reference images' latents (`pipeline.EditReferences`) the prompt was encoded with."""
     embeds: torch.Tensor
     mask: Optional[torch.Tensor] = None
+    references: Optional[object] = None
 
     def to(self, device=None, dtype=None) -> "Conditioning":
         return Conditioning(self.embeds.to(device=device, dtype=dtype),
-                            None if self.mask is None else self.mask.to(device=device))
+                            None if self.mask is None else self.mask.to(device=device), self.references)
 
     def repeat(self, n: int) -> "Conditioning":
         """Each prompt n times in a row (num_images_per_prompt), as the reference repeats them."""
         if n == 1:
             return self
         e = self.embeds.repeat_interleave(n, dim=0)
-        return Conditioning(e, None if self.mask is None else self.mask.repeat_interleave(n, dim=0))
+        return Conditioning(e, None if self.mask is None else self.mask.repeat_interleave(n, dim=0), self.references)
 
 
 @dataclass
