@@ -169,6 +169,9 @@ def main(argv=None) -> int:
     p.add_argument("--dir", default=None, help="destination folder (default: the hub cache)")
     p.add_argument("--revision", default=None)
     p.set_defaults(fn=cmd_download)
+
+    # The two faces add their own commands below: serve (nodes/server.py); train and cache (training/cli.py).
+    # --- faces ---
     a = ap.parse_args(argv)
     from .qwenimage_core import CheckpointError
 
