@@ -911,6 +911,13 @@ class LoraHandle:
         return hook
 
 
+def default_mode(model: nn.Module) -> str:
+    """"runtime" when the model holds fp8 weights (a merge would have to re-quantise them), else "merge"."""
+    from .fp8 import FP8Linear
+
+    return "runtime" if any(isinstance(m, FP8Linear) for m in model.modules()) else "merge"
+
+
 def apply_loras(model: nn.Module,
                 loras: Iterable["LoraFile | str | os.PathLike | tuple"],
                 mode: str = "merge", *, strict: bool = False, backup: bool = True) -> LoraHandle:

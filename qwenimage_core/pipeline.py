@@ -72,13 +72,9 @@ class QwenImage:
         """Apply a LoRA (any supported format) to the transformer; returns its report (keys that landed, and
         those that did not, with why). `mode` "merge" writes it into the weights (default for float weights),
         "runtime" adds it in the forward pass (default when the model holds fp8 weights). Several LoRAs stack."""
-        from .fp8 import FP8Linear
-        from .lora import apply_loras
+        from .lora import apply_loras, default_mode
 
-        if mode is None:
-            fp8 = any(isinstance(m, FP8Linear) for m in self.transformer.modules())
-            mode = "runtime" if fp8 else "merge"
-        handle = apply_loras(self.transformer, [(path, strength)], mode)
+        handle = apply_loras(self.transformer, [(path, strength)], mode or default_mode(self.transformer))
         self._loras.append(handle)
         return handle.reports[0]
 

@@ -511,6 +511,30 @@ def _default_dtype(sources: dict) -> torch.dtype:
     return torch.bfloat16 if stored.itemsize == 1 or not stored.is_floating_point else stored
 
 
+CONFIG_METADATA_KEY = "qwen2_5_vl_config"  # safetensors metadata: the JSON config of a non-official encoder
+
+
+def _embedded_config(path: Path, metadata: dict | None):
+    raw = (metadata or {}).get(CONFIG_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise TextEncoderLoadError(f"{path}: metadata {CONFIG_METADATA_KEY!r} is not valid JSON: {e}") from None
+
+
+def save_text_encoder_file(model, path: str | os.PathLike) -> None:
+    """Write a Qwen2.5-VL model as a ComfyUI-style single file (ComfyUI's key names), with its config in the
+    metadata so that a non-official size (a test model, a distilled encoder) loads back without being told."""
+    from .weights import save_file_atomic
+
+    inner = getattr(model, "model", model)  # a QwenTextEncoder or a ...ForConditionalGeneration: its Qwen2_5_VLModel
+    config = getattr(model, "config", None) or inner.config
+    tensors = {model_name_to_disk_key(n): t.detach().contiguous() for n, t in inner.state_dict().items()}
+    save_file_atomic(tensors, path, {CONFIG_METADATA_KEY: config.to_json_string(use_diff=False)})
+
+
 def _single_file_sources(path: Path) -> dict:
     if path.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
         raise TextEncoderLoadError(f"{path}: pickled weights are never loaded; use a .safetensors file")
@@ -551,8 +575,10 @@ def _load_text_encoder_model(path: Path, device, dtype, config):
         for key, f in files.items():
             sources[disk_key_to_model_name(key)] = (f, key)
     elif path.is_file():
-        cfg = _as_config(config)
         sources = _single_file_sources(path)
+        if config is None:  # a file we wrote may carry its config (ComfyUI files do not: Qwen2.5-VL-7B)
+            config = _embedded_config(path, next(iter(sources.values()))[0].metadata)
+        cfg = _as_config(config)
     else:
         raise TextEncoderLoadError(f"{path}: no such file or folder")
     if dtype is None:
@@ -692,5 +718,5 @@ __all__ = [
     "QwenTextEncoder", "T2I_TEMPLATE", "TEMPLATES", "TextEncoderLoadError", "VISION_AREA", "calculate_dimensions",
     "default_image_processor", "disk_key_to_model_name", "find_tokenizer_dir", "load_image_processor",
     "load_text_encoder", "load_text_encoder_model", "load_tokenizer", "model_name_to_disk_key",
-    "official_text_encoder_config", "repeat_for_images", "resize_for_vision", "vision_size",
+    "official_text_encoder_config", "repeat_for_images", "resize_for_vision", "save_text_encoder_file", "vision_size",
 ]

@@ -69,6 +69,29 @@ class VAEConfig:
         return cls(**{"base_dim": 8, "num_res_blocks": 1, **kw})
 
 
+# ----------------------------------------------------------------------------------- latent normalisation
+
+def _stats(z: torch.Tensor, config: VAEConfig):
+    shape = (1, config.z_dim) + (1,) * (z.ndim - 2)
+    mean = torch.tensor(config.latents_mean).view(shape).to(z.device, z.dtype)
+    inv_std = 1.0 / torch.tensor(config.latents_std).view(shape).to(z.device, z.dtype)
+    return mean, inv_std
+
+
+def normalize_latents(z: torch.Tensor, config: VAEConfig | None = None) -> torch.Tensor:
+    """VAE latents -> the transformer's space: (z - mean) * (1 / std), as the img2img pipeline writes it (the
+    edit pipelines divide by std instead: the same up to one rounding). Default: the official statistics, which
+    every Qwen-Image VAE shares (graph latents are stored un-normalised, as ComfyUI's are)."""
+    mean, inv_std = _stats(z, config or VAEConfig())
+    return (z - mean) * inv_std
+
+
+def denormalize_latents(z: torch.Tensor, config: VAEConfig | None = None) -> torch.Tensor:
+    """The transformer's latents -> the VAE's: z / (1 / std) + mean, as every reference pipeline decodes."""
+    mean, inv_std = _stats(z, config or VAEConfig())
+    return z / inv_std + mean
+
+
 # ------------------------------------------------------------------------------------------------- layers
 
 class CausalConv3d(nn.Conv3d):
@@ -306,22 +329,11 @@ class QwenImageVAE(nn.Module):
         out = self._run(lambda t: self.decoder(self.post_quant_conv(t)), z4, up=True).clamp_(-1.0, 1.0)
         return out.unsqueeze(2) if five else out
 
-    def _stats(self, z):
-        shape = (1, self.config.z_dim) + (1,) * (z.ndim - 2)
-        mean = torch.tensor(self.config.latents_mean).view(shape).to(z.device, z.dtype)
-        inv_std = 1.0 / torch.tensor(self.config.latents_std).view(shape).to(z.device, z.dtype)
-        return mean, inv_std
-
     def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """VAE latents -> the transformer's space: (z - mean) * (1 / std), as the img2img pipeline writes it (the
-        edit pipelines divide by std instead: the same up to one rounding)."""
-        mean, inv_std = self._stats(z)
-        return (z - mean) * inv_std
+        return normalize_latents(z, self.config)
 
     def denormalize_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """The transformer's latents -> the VAE's: z / (1 / std) + mean, as every reference pipeline decodes."""
-        mean, inv_std = self._stats(z)
-        return z / inv_std + mean
+        return denormalize_latents(z, self.config)
 
     # -- running: channels-last inside (oneDNN convolutions and channel norms are faster so), plain layout out
 
