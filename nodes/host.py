@@ -1,0 +1,240 @@
+"""The host layer: the only place that knows whether the nodes run inside ComfyUI or in our own server.
+
+Inside ComfyUI it defers to `folder_paths` (model folders, input/output dirs), `comfy.utils.ProgressBar` (progress
+and previews) and `comfy.model_management` (interrupt, device). Elsewhere it keeps the same state itself: a models
+directory with ComfyUI's sub-folder names, a progress hook the server installs, and an interrupt flag.
+It also owns the cache of loaded models, so a graph run again with the same loader settings reuses them.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..qwenimage_core.sampling import Interrupted as _CoreInterrupted
+
+try:  # ComfyUI's own modules exist only inside ComfyUI
+    import comfy.model_management as _mm
+    import comfy.utils as _cutils
+    import folder_paths as _fp
+    IN_COMFYUI = True
+except ImportError:
+    _mm = _cutils = _fp = None
+    IN_COMFYUI = False
+
+MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "loras", "diffusers")
+WEIGHT_EXTS = (".safetensors", ".sft")
+_ALIASES = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip")}
+
+
+class Interrupted(_CoreInterrupted):
+    """The user pressed Cancel: the run stops between sampler steps."""
+
+
+# ------------------------------------------------------------------------------------------------ folders
+
+_state = {
+    "models": Path(os.environ.get("QWENIMAGE_MODELS_DIR", "models")),
+    "input": Path("input"), "output": Path("output"), "temp": Path("temp"),
+}
+
+
+def set_models_dir(path) -> None:
+    _state["models"] = Path(path)
+
+
+def models_dir() -> Path:
+    return Path(_fp.models_dir) if IN_COMFYUI else _state["models"]
+
+
+def set_dirs(input=None, output=None, temp=None) -> None:
+    for key, value in (("input", input), ("output", output), ("temp", temp)):
+        if value is not None:
+            _state[key] = Path(value)
+
+
+def input_dir() -> Path:
+    return Path(_fp.get_input_directory()) if IN_COMFYUI else _state["input"]
+
+
+def output_dir() -> Path:
+    return Path(_fp.get_output_directory()) if IN_COMFYUI else _state["output"]
+
+
+def temp_dir() -> Path:
+    return Path(_fp.get_temp_directory()) if IN_COMFYUI else _state["temp"]
+
+
+def _folders(kind: str) -> list[Path]:
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; one of {', '.join(MODEL_KINDS)}")
+    if IN_COMFYUI:
+        if kind == "diffusers" and "diffusers" not in _fp.folder_names_and_paths:
+            return [Path(_fp.models_dir) / "diffusers"]
+        return [Path(p) for p in _fp.get_folder_paths(kind)]
+    return [models_dir() / k for k in _ALIASES.get(kind, (kind,))]
+
+
+def list_models(kind: str) -> list[str]:
+    """Names (relative paths, '/'-separated) of the weight files — or, for "diffusers", model folders with a
+    model_index.json — under the kind's folders."""
+    names = set()
+    if IN_COMFYUI and kind != "diffusers":
+        return sorted(n for n in _fp.get_filename_list(kind) if n.lower().endswith(WEIGHT_EXTS))
+    for root in _folders(kind):
+        if not root.is_dir():
+            continue
+        if kind == "diffusers":
+            names.update(p.parent.relative_to(root).as_posix() for p in root.rglob("model_index.json"))
+        else:
+            names.update(p.relative_to(root).as_posix() for p in root.rglob("*")
+                         if p.is_file() and p.suffix.lower() in WEIGHT_EXTS)
+    return sorted(names)
+
+
+def model_path(kind: str, name: str) -> str:
+    """The full path of a model by its listed name; FileNotFoundError names the folders searched."""
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise FileNotFoundError(f"invalid {kind} name {name!r}: give a name listed in the {kind} folder")
+    folders = _folders(kind)
+    for root in folders:
+        cand = root / name
+        if cand.exists() and (cand.is_dir() if kind == "diffusers" else cand.is_file()):
+            return str(cand)
+    where = ", ".join(str(f) for f in folders)
+    raise FileNotFoundError(f"{kind} model {name!r} not found; searched {where}. Put the file there "
+                            f"(or choose one of: {', '.join(list_models(kind)) or 'none found'})")
+
+
+# ----------------------------------------------------------------------------------- progress and interrupt
+
+_progress_hook: Optional[Callable] = None
+_interrupt = threading.Event()
+
+
+def set_progress_hook(fn: Optional[Callable]) -> None:
+    """fn(value, total, preview) — preview a PIL image or None. Set by our server; ComfyUI has its own."""
+    global _progress_hook
+    _progress_hook = fn
+
+
+class Progress:
+    """Per-step progress (and live previews) for the running node."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self._bar = _cutils.ProgressBar(total) if IN_COMFYUI else None
+
+    def update(self, value: int, preview=None) -> None:
+        if self._bar is not None:
+            self._bar.update_absolute(value, self.total, None if preview is None else ("JPEG", preview, 512))
+        elif _progress_hook is not None:
+            _progress_hook(value, self.total, preview)
+
+
+def progress(total: int) -> Progress:
+    return Progress(total)
+
+
+def request_interrupt() -> None:
+    if IN_COMFYUI:
+        _mm.interrupt_current_processing(True)
+    _interrupt.set()
+
+
+def clear_interrupt() -> None:
+    if IN_COMFYUI:
+        _mm.interrupt_current_processing(False)
+    _interrupt.clear()
+
+
+def interrupt_requested() -> bool:
+    return _interrupt.is_set() or (IN_COMFYUI and _mm.processing_interrupted())
+
+
+def check_interrupt() -> None:
+    """Stop the run if the user cancelled. Inside ComfyUI this raises ComfyUI's own exception, which its
+    executor reports as an interrupt rather than an error."""
+    if IN_COMFYUI:
+        _mm.throw_exception_if_processing_interrupted()
+    if _interrupt.is_set():
+        raise Interrupted("interrupted by the user")
+
+
+# ------------------------------------------------------------------------------------------ devices, memory
+
+def device() -> torch.device:
+    if IN_COMFYUI:
+        return _mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def vram_stats() -> dict:
+    """Device name, type and total/free bytes, as ComfyUI's /system_stats reports them."""
+    dev = device()
+    if dev.type == "cuda":
+        free, total = torch.cuda.mem_get_info(dev)
+        return {"name": torch.cuda.get_device_name(dev), "type": "cuda", "index": dev.index or 0,
+                "vram_total": total, "vram_free": free,
+                "torch_vram_total": torch.cuda.memory_reserved(dev),
+                "torch_vram_free": torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)}
+    return {"name": "cpu", "type": "cpu", "index": None, "vram_total": 0, "vram_free": 0,
+            "torch_vram_total": 0, "torch_vram_free": 0}
+
+
+class ModelCache:
+    """Loaded models by loader slot (one per loader node). A run that asks a slot for the same settings (file,
+    its size and mtime, options) gets the same object back; asking for different settings releases what the slot
+    held first, so switching checkpoints never keeps two 20B models in memory."""
+
+    def __init__(self):
+        self._items: dict = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def stamp(path: str):
+        st = os.stat(path)
+        return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+    def get(self, slot: str, key: tuple, load: Callable):
+        with self._lock:
+            held = self._items.get(slot)
+            if held is not None and held[0] == key:
+                return held[1]
+        if held is not None:
+            self.release(slot)
+        model = load()
+        with self._lock:
+            self._items[slot] = (key, model)
+        return model
+
+    def release(self, slot: str | None = None) -> None:
+        with self._lock:
+            for k in [k for k in self._items if slot is None or k == slot]:
+                del self._items[k]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {slot: str(key[0][0]) for slot, (key, _) in self._items.items()}  # the file's path
+
+
+MODELS = ModelCache()
+
+
+def free_memory(unload_models: bool = True) -> None:
+    if unload_models:
+        MODELS.release()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def cache_stats() -> dict:
+    return MODELS.stats()
