@@ -1,0 +1,268 @@
+"""Write workflows/*.json: each graph once, here, in both formats ComfyUI uses — the UI format the frontend
+loads (nodes, links, widget values, positions, a note saying what to download where) and the API format
+`/prompt` takes. Run `python scripts/make_workflows.py` after changing a graph or a node's inputs; the tests
+check that the two files of each workflow describe the same graph and that they match the nodes' contracts."""
+from __future__ import annotations
+
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from qwenimage.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from qwenimage.nodes.builtins import BUILTIN_NODE_CLASS_MAPPINGS, BUILTIN_NODE_DISPLAY_NAME_MAPPINGS
+
+CLASSES = {**BUILTIN_NODE_CLASS_MAPPINGS, **NODE_CLASS_MAPPINGS}
+DISPLAY = {**BUILTIN_NODE_DISPLAY_NAME_MAPPINGS, **NODE_DISPLAY_NAME_MAPPINGS}
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+MODEL_FILE = "qwen_image_fp8_e4m3fn.safetensors"
+EDIT_FILE = "qwen_image_edit_2509_fp8_e4m3fn.safetensors"
+TE_FILE = "qwen_2.5_vl_7b_fp8_scaled.safetensors"
+VAE_FILE = "qwen_image_vae.safetensors"
+NEGATIVE = " "
+
+DOWNLOADS = f"""Put the model files in ComfyUI's models folder (or the folder `qwenimage serve --models-dir` names):
+- diffusion_models/{MODEL_FILE}  (Comfy-Org/Qwen-Image_ComfyUI, split_files/diffusion_models)
+- text_encoders/{TE_FILE}  (same repository, split_files/text_encoders)
+- vae/{VAE_FILE}  (same repository, split_files/vae)"""
+EDIT_DOWNLOADS = DOWNLOADS.replace(f"diffusion_models/{MODEL_FILE}  (Comfy-Org/Qwen-Image_ComfyUI",
+                                   f"diffusion_models/{EDIT_FILE}  (Comfy-Org/Qwen-Image-Edit_ComfyUI")
+
+
+def widget_names(cls) -> list[str]:
+    """Widget inputs in the order the frontend stores their values (required, then optional)."""
+    spec = cls.INPUT_TYPES()
+    names = []
+    for section in ("required", "optional"):
+        for name, (typ, *opts) in spec.get(section, {}).items():
+            if isinstance(typ, list) or typ in WIDGET_TYPES or typ == "COMBO":
+                names.append(name)
+    return names
+
+
+def socket_inputs(cls) -> dict[str, tuple[str, bool]]:
+    spec = cls.INPUT_TYPES()
+    out = {}
+    for section in ("required", "optional"):
+        for name, (typ, *opts) in spec.get(section, {}).items():
+            if isinstance(typ, str) and typ not in WIDGET_TYPES and typ != "COMBO":
+                out[name] = (typ, section == "required")
+    return out
+
+
+class Graph:
+    def __init__(self, title: str):
+        self.title, self.nodes, self.links = title, [], []
+
+    def add(self, type_: str, pos, size=(320, 130), title=None, **inputs):
+        node = {"id": len(self.nodes) + 1, "type": type_, "pos": list(pos), "size": list(size), "inputs": inputs,
+                "title": title}
+        self.nodes.append(node)
+        return node
+
+    def note(self, pos, text, size=(420, 200)):
+        return self.add("Note", pos, size, text=text)
+
+    # -- UI format -----------------------------------------------------------------------------------------
+    def ui(self) -> dict:
+        links, out_links = [], {}
+        for n in self.nodes:
+            for name, v in n["inputs"].items():
+                if isinstance(v, tuple):
+                    src, slot = v
+                    lid = len(links) + 1
+                    typ = CLASSES[src["type"]].RETURN_TYPES[slot]
+                    links.append([lid, src["id"], slot, n["id"], name, typ])
+                    out_links.setdefault((src["id"], slot), []).append(lid)
+        order = self._order()
+        nodes = []
+        for n in self.nodes:
+            if n["type"] == "Note":
+                nodes.append({"id": n["id"], "type": "Note", "pos": n["pos"], "size": n["size"], "flags": {},
+                              "order": order[n["id"]], "mode": 0, "inputs": [], "outputs": [],
+                              "properties": {"text": ""}, "widgets_values": [n["inputs"]["text"]],
+                              "color": "#432", "bgcolor": "#653"})
+                continue
+            cls = CLASSES[n["type"]]
+            inputs = []
+            for name, (typ, required) in socket_inputs(cls).items():
+                v = n["inputs"].get(name)
+                if required or v is not None:
+                    link = next((l[0] for l in links if l[3] == n["id"] and l[4] == name), None)
+                    inputs.append({"name": name, "type": typ, "link": link})
+            outputs = [{"name": (getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES)[i], "type": t,
+                        "links": out_links.get((n["id"], i), []), "slot_index": i}
+                       for i, t in enumerate(cls.RETURN_TYPES)]
+            values = []
+            spec = {**cls.INPUT_TYPES().get("required", {}), **cls.INPUT_TYPES().get("optional", {})}
+            for name in widget_names(cls):
+                values.append(n["inputs"][name])
+                opts = spec[name][1] if len(spec[name]) > 1 else {}
+                if opts.get("control_after_generate"):
+                    values.append("fixed")
+                if opts.get("image_upload"):
+                    values.append("image")
+            node = {"id": n["id"], "type": n["type"], "pos": n["pos"], "size": n["size"], "flags": {},
+                    "order": order[n["id"]], "mode": 0, "inputs": inputs, "outputs": outputs,
+                    "properties": {"Node name for S&R": n["type"]}, "widgets_values": values}
+            if n["title"]:
+                node["title"] = n["title"]
+            nodes.append(node)
+        ui_links = [[lid, a, sa, b, self._slot(b, name), typ] for lid, a, sa, b, name, typ in links]
+        return {"last_node_id": len(self.nodes), "last_link_id": len(links), "nodes": nodes, "links": ui_links,
+                "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}}, "version": 0.4}
+
+    def _slot(self, node_id, name) -> int:
+        n = self.nodes[node_id - 1]
+        cls = CLASSES[n["type"]]
+        present = [k for k, (t, req) in socket_inputs(cls).items() if req or n["inputs"].get(k) is not None]
+        return present.index(name)
+
+    def _order(self) -> dict:
+        done, order = set(), {}
+        while len(done) < len(self.nodes):
+            for n in self.nodes:
+                deps = {v[0]["id"] for v in n["inputs"].values() if isinstance(v, tuple)}
+                if n["id"] not in done and deps <= done:
+                    order[n["id"]] = len(order)
+                    done.add(n["id"])
+        return order
+
+    # -- API format ----------------------------------------------------------------------------------------
+    def api(self) -> dict:
+        out = {}
+        for n in self.nodes:
+            if n["type"] == "Note":
+                continue
+            inputs = {k: ([str(v[0]["id"]), v[1]] if isinstance(v, tuple) else v)
+                      for k, v in n["inputs"].items() if v is not None}
+            title = n["title"] or DISPLAY.get(n["type"], n["type"])
+            out[str(n["id"])] = {"inputs": inputs, "class_type": n["type"], "_meta": {"title": title}}
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- the graphs
+
+def loaders(g, model_file=MODEL_FILE, x=0):
+    m = g.add("QwenImageModelLoader", (x, 80), unet_name=model_file, weight_dtype="default")
+    t = g.add("QwenImageTextEncoderLoader", (x, 240), clip_name=TE_FILE, device="default")
+    v = g.add("QwenImageVAELoader", (x, 400), (320, 60), vae_name=VAE_FILE)
+    return m, t, v
+
+
+def tail(g, model, pos, neg, latent, vae, *, steps=50, cfg=4.0, shift_mode="dynamic", shift=3.1, denoise=1.0,
+         mask=None, prefix="Qwen-Image", seed=42):
+    s = g.add("QwenImageSampler", (840, 80), (320, 330), model=(model, 0), positive=pos, negative=neg,
+              latent=latent, seed=seed, steps=steps, cfg=cfg, shift_mode=shift_mode, shift=shift, denoise=denoise,
+              mask=mask)
+    d = g.add("QwenImageVAEDecode", (1200, 80), (280, 160), vae=(vae, 0), samples=(s, 0), tiled=False,
+              tile_size=256, overlap=64)
+    g.add("SaveImage", (1520, 80), (420, 460), images=(d, 0), filename_prefix=prefix)
+    return s
+
+
+def text_to_image(lora=None, lightning=False):
+    title = "Qwen-Image: text to image" + (" with a LoRA" if lora else "") + (", 8 steps (Lightning)" if lightning else "")
+    g = Graph(title)
+    m, t, v = loaders(g)
+    model = m
+    if lora:
+        model = g.add("QwenImageLoraLoader", (0, 500), (320, 110), model=(m, 0), lora_name=lora,
+                      strength=1.0 if lightning else 0.8)
+    pos = g.add("QwenImageTextEncode", (400, 80), (400, 200), text_encoder=(t, 0),
+                text='A coffee shop entrance with a chalkboard sign that reads "Qwen Coffee 😊 $2 per cup", '
+                     'a neon light beside it displaying "通义千问", warm morning light, photorealistic')
+    neg = g.add("QwenImageTextEncode", (400, 320), (400, 120), text_encoder=(t, 0), text=NEGATIVE,
+                title="Negative prompt")
+    lat = g.add("QwenImageEmptyLatent", (400, 480), (320, 130), aspect="16:9 (1664x928)", width=1664, height=928,
+                batch_size=1)
+    kw = dict(steps=8, cfg=1.0, shift_mode="fixed", shift=3.1) if lightning else {}
+    tail(g, model, (pos, 0), (neg, 0), (lat, 0), v, **kw)
+    note = DOWNLOADS
+    if lora:
+        note += (f"\n- loras/{lora}  (lightx2v/Qwen-Image-Lightning: 8 steps, cfg 1)" if lightning else
+                 f"\n- loras/{lora}  (any Qwen-Image LoRA: kohya, diffusers, ComfyUI, LyCORIS formats)")
+    g.note((0, -260), note + ("\nLightning: 8 steps at cfg 1 (guidance is distilled in), fixed shift 3.1." if
+                              lightning else "\nOfficial settings: 50 steps, true CFG 4, the dynamic shift."))
+    return g
+
+
+def image_to_image():
+    g = Graph("Qwen-Image: image to image")
+    m, t, v = loaders(g)
+    img = g.add("LoadImage", (0, 520), (320, 320), image="example.png")
+    enc = g.add("QwenImageVAEEncode", (400, 520), (320, 160), vae=(v, 0), pixels=(img, 0), tiled=False,
+                tile_size=256, overlap=64)
+    pos = g.add("QwenImageTextEncode", (400, 80), (400, 200), text_encoder=(t, 0),
+                text="The same scene as a watercolor painting, soft washes of colour")
+    neg = g.add("QwenImageTextEncode", (400, 320), (400, 120), text_encoder=(t, 0), text=NEGATIVE,
+                title="Negative prompt")
+    tail(g, m, (pos, 0), (neg, 0), (enc, 0), v, denoise=0.7)
+    g.note((0, -260), DOWNLOADS + "\nLoad your picture (sides multiples of 16: resize first). denoise sets how "
+                                  "much changes: 0.7 keeps the composition.")
+    return g
+
+
+def inpainting():
+    g = Graph("Qwen-Image: inpainting")
+    m, t, v = loaders(g)
+    img = g.add("LoadImage", (0, 520), (320, 320), image="example_mask.png")
+    enc = g.add("QwenImageVAEEncode", (400, 520), (320, 160), vae=(v, 0), pixels=(img, 0), tiled=False,
+                tile_size=256, overlap=64)
+    pos = g.add("QwenImageTextEncode", (400, 80), (400, 200), text_encoder=(t, 0),
+                text="A bright red door with a brass handle")
+    neg = g.add("QwenImageTextEncode", (400, 320), (400, 120), text_encoder=(t, 0), text=NEGATIVE,
+                title="Negative prompt")
+    tail(g, m, (pos, 0), (neg, 0), (enc, 0), v, mask=(img, 1))
+    g.note((0, -260), DOWNLOADS + "\nPaint the area to change in the image editor of Load Image (right click, "
+                                  "Open in MaskEditor): the masked part is repainted, the rest kept.")
+    return g
+
+
+def edit(multi=False):
+    g = Graph("Qwen-Image-Edit: " + ("multi-image edit" if multi else "edit"))
+    m, t, v = loaders(g, EDIT_FILE)
+    img1 = g.add("LoadImage", (0, 520), (320, 320), image="example.png")
+    extra = {}
+    if multi:
+        img2 = g.add("LoadImage", (0, 880), (320, 320), image="example_2.png")
+        extra = {"image2": (img2, 0)}
+    text = ("Put the person of picture 1 in the scene of picture 2, at golden hour" if multi else
+            "Change the sky to a starry night and add the text \"Qwen\" in neon on the wall")
+    pos = g.add("QwenImageEditEncode", (400, 80), (400, 220), text_encoder=(t, 0), vae=(v, 0), prompt=text,
+                image1=(img1, 0), template="edit_plus (Edit-2509/2511)", **extra)
+    neg = g.add("QwenImageEditEncode", (400, 340), (400, 160), text_encoder=(t, 0), vae=(v, 0), prompt=NEGATIVE,
+                image1=(img1, 0), template="edit_plus (Edit-2509/2511)", title="Negative prompt", **extra)
+    tail(g, m, (pos, 0), (neg, 0), (pos, 1), v, steps=40)
+    g.note((0, -260), EDIT_DOWNLOADS + "\nThe output takes the last picture's aspect at about a megapixel. "
+                                       "Official settings: 40 steps, true CFG 4." +
+           ("\nUp to 3 pictures: wire image3 for a third." if multi else ""))
+    return g
+
+
+WORKFLOWS = {
+    "text_to_image": lambda: text_to_image(),
+    "image_to_image": image_to_image,
+    "inpainting": inpainting,
+    "edit": lambda: edit(False),
+    "multi_image_edit": lambda: edit(True),
+    "text_to_image_lora": lambda: text_to_image(lora="qwen_image_style_lora.safetensors"),
+    "lightning_8_steps": lambda: text_to_image(lora="Qwen-Image-Lightning-8steps-V1.0.safetensors",
+                                               lightning=True),
+}
+
+
+def main() -> None:
+    out = os.path.join(ROOT, "workflows")
+    os.makedirs(out, exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        g = build()
+        for suffix, data in (("", g.ui()), ("_api", g.api())):
+            with open(os.path.join(out, f"{name}{suffix}.json"), "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=2, ensure_ascii=False)
+                fh.write("\n")
+        print(f"workflows/{name}.json, workflows/{name}_api.json")
+
+
+if __name__ == "__main__":
+    main()
