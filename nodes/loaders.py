@@ -8,6 +8,7 @@ import torch
 
 from ..qwenimage_core.checkpoint import load_transformer
 from ..qwenimage_core.lora import LoraError, match_lora
+from ..qwenimage_core.offload import BlockSwap
 from ..qwenimage_core.text_encoder import load_text_encoder
 from ..qwenimage_core.vae import load_vae
 from . import host
@@ -30,11 +31,25 @@ def _dtype_tooltip() -> str:
             "on load to halve VRAM")
 
 
-def _load_model(slot, path, weight_dtype):
+def _load_model(slot, path, weight_dtype, gpu_blocks=-1):
+    """gpu_blocks >= 0: load into CPU memory and keep only that many blocks on the device, streaming the rest
+    one block ahead of the compute (core `BlockSwap`): the 20B model then runs in a fraction of its size."""
     dtype, wdtype = WEIGHT_DTYPES[weight_dtype]
-    key = (host.MODELS.stamp(path), weight_dtype)
-    return host.MODELS.get(slot, key, lambda: load_transformer(path, device=host.device(), dtype=dtype,
-                                                               weight_dtype=wdtype))
+    dev = host.device()
+
+    def load():
+        t = load_transformer(path, device="cpu" if gpu_blocks >= 0 else dev, dtype=dtype, weight_dtype=wdtype)
+        if gpu_blocks >= 0:
+            t._block_swap = BlockSwap(t, min(gpu_blocks, len(t.transformer_blocks)), dev)
+        return t
+
+    return host.MODELS.get(slot, (host.MODELS.stamp(path), weight_dtype, gpu_blocks), load)
+
+
+def _gpu_blocks_input():
+    return ("INT", {"default": -1, "min": -1, "max": 200,
+                    "tooltip": "Low VRAM: how many of the 60 blocks stay on the GPU; the rest stream from CPU "
+                               "memory one block ahead (same images, slower). -1 keeps the whole model on the GPU"})
 
 
 class QwenImageModelLoader:
@@ -45,6 +60,7 @@ class QwenImageModelLoader:
         return {"required": {
             "unet_name": (_choices("diffusion_models"), {"tooltip": "The diffusion model file (diffusion_models/)"}),
             "weight_dtype": (list(WEIGHT_DTYPES), {"default": "default", "tooltip": _dtype_tooltip()}),
+            "gpu_blocks": _gpu_blocks_input(),
         }, "hidden": HIDDEN}
 
     RETURN_TYPES = (MODEL,)
@@ -53,9 +69,9 @@ class QwenImageModelLoader:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, unet_name, weight_dtype, unique_id=None):
+    def load(self, unet_name, weight_dtype, gpu_blocks=-1, unique_id=None):
         path = host.model_path("diffusion_models", unet_name)
-        return (QwenModel(_load_model(f"model:{unique_id}", path, weight_dtype)),)
+        return (QwenModel(_load_model(f"model:{unique_id}", path, weight_dtype, gpu_blocks)),)
 
 
 class QwenImageTextEncoderLoader:
@@ -112,6 +128,7 @@ class QwenImageDiffusersLoader:
         return {"required": {
             "model_folder": (_choices("diffusers"), {"tooltip": "A folder with model_index.json (diffusers/)"}),
             "weight_dtype": (list(WEIGHT_DTYPES), {"default": "default", "tooltip": _dtype_tooltip()}),
+            "gpu_blocks": _gpu_blocks_input(),
         }, "hidden": HIDDEN}
 
     RETURN_TYPES = (MODEL, TEXT_ENCODER, VAE)
@@ -120,11 +137,11 @@ class QwenImageDiffusersLoader:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, model_folder, weight_dtype, unique_id=None):
+    def load(self, model_folder, weight_dtype, gpu_blocks=-1, unique_id=None):
         folder = host.model_path("diffusers", model_folder)
         stamp = host.MODELS.stamp(folder + "/model_index.json")
         dtype = WEIGHT_DTYPES[weight_dtype][0]
-        model = _load_model(f"dmodel:{unique_id}", folder, weight_dtype)
+        model = _load_model(f"dmodel:{unique_id}", folder, weight_dtype, gpu_blocks)
         te = host.MODELS.get(f"dte:{unique_id}", (stamp, weight_dtype),
                              lambda: load_text_encoder(folder, device=host.device(), dtype=dtype))
         vae = host.MODELS.get(f"dvae:{unique_id}", (stamp, weight_dtype),

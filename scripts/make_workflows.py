@@ -144,7 +144,8 @@ class Graph:
 # ---------------------------------------------------------------------------------------------- the graphs
 
 def loaders(g, model_file=MODEL_FILE, x=0):
-    m = g.add("QwenImageModelLoader", (x, 80), unet_name=model_file, weight_dtype="default")
+    m = g.add("QwenImageModelLoader", (x, 80), (320, 110), unet_name=model_file, weight_dtype="default",
+              gpu_blocks=-1)
     t = g.add("QwenImageTextEncoderLoader", (x, 240), clip_name=TE_FILE, device="default")
     v = g.add("QwenImageVAELoader", (x, 400), (320, 60), vae_name=VAE_FILE)
     return m, t, v

@@ -334,6 +334,16 @@ def test_loaded_models_are_cached_and_released_when_settings_change(env):
     assert d.transformer is c.transformer
 
 
+def test_gpu_blocks_streams_blocks_and_gives_the_same_image(loaded):
+    model, te, vae = loaded
+    low = _node("QwenImageModelLoader", unet_name=FILES["diffusion_model"], weight_dtype="default", gpu_blocks=1,
+                unique_id="low")[0]
+    assert torch.equal(_t2i_graph(low, te, vae), _t2i_graph(model, te, vae))
+    swap = low.transformer._block_swap
+    assert swap.resident == 1 and 1 <= swap.max_loaded <= 2
+    host.MODELS.release("model:low")
+
+
 def test_fp8_weight_dtype_keeps_fp8_layers(env):
     from qwenimage.qwenimage_core.fp8 import FP8Linear
 
