@@ -393,3 +393,74 @@ def test_tiled_vae_nodes_match_untiled_closely(loaded):
     assert full.shape == tiled.shape == (1, 192, 320, 3)
     assert (full - tiled).abs().mean() < 0.05
     assert vae.tiling is None  # the shared VAE is left as it was
+
+
+def test_inside_comfyui_the_host_defers_to_comfyui(monkeypatch, tmp_path, env):
+    """With ComfyUI's modules importable (stand-ins here, with the real ones' signatures), the pack takes model
+    folders from folder_paths, reports progress through comfy.utils.ProgressBar and stops with ComfyUI's own
+    interrupt exception."""
+    import types
+
+    class InterruptProcessingException(Exception):
+        pass
+
+    state = {"interrupted": False, "bars": []}
+    fp = types.ModuleType("folder_paths")
+    fp.models_dir = str(env["root"] / "models")
+    fp.folder_names_and_paths = {}
+    fp.get_folder_paths = lambda kind: [os.path.join(fp.models_dir, kind)]
+    fp.get_filename_list = lambda kind: sorted(os.listdir(os.path.join(fp.models_dir, kind)))
+    fp.get_input_directory = lambda: str(tmp_path / "in")
+    fp.get_output_directory = lambda: str(tmp_path / "out")
+    fp.get_temp_directory = lambda: str(tmp_path / "tmp")
+    mm = types.ModuleType("comfy.model_management")
+    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.interrupt_current_processing = lambda v=True: state.update(interrupted=v)
+    mm.processing_interrupted = lambda: state["interrupted"]
+
+    def throw():
+        if state["interrupted"]:
+            state["interrupted"] = False
+            raise InterruptProcessingException()
+
+    mm.throw_exception_if_processing_interrupted = throw
+
+    class ProgressBar:
+        def __init__(self, total):
+            state["bars"].append([])
+
+        def update_absolute(self, value, total=None, preview=None):
+            state["bars"][-1].append((value, total, preview[0] if preview else None))
+
+    cu = types.ModuleType("comfy.utils")
+    cu.ProgressBar = ProgressBar
+    comfy = types.ModuleType("comfy")
+    comfy.model_management, comfy.utils = mm, cu
+    for name, mod in {"folder_paths": fp, "comfy": comfy, "comfy.model_management": mm, "comfy.utils": cu}.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    name = "custom_nodes_x_qwen-image"
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "__init__.py"))
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    h = sys.modules[name + ".nodes.host"]
+    assert h.IN_COMFYUI and h.output_dir() == tmp_path / "out"
+    nodes = module.NODE_CLASS_MAPPINGS
+    assert FILES["vae"] in nodes["QwenImageVAELoader"].INPUT_TYPES()["required"]["vae_name"][0]
+
+    def node(n, **kw):
+        return getattr(nodes[n](), nodes[n].FUNCTION)(**kw)[0]
+
+    model = node("QwenImageModelLoader", unet_name=FILES["diffusion_model"], weight_dtype="default", gpu_blocks=-1)
+    te = node("QwenImageTextEncoderLoader", clip_name=FILES["text_encoder"], device="default")
+    pos = node("QwenImageTextEncode", text_encoder=te, text="a cat")
+    lat = node("QwenImageEmptyLatent", aspect="custom", width=32, height=32, batch_size=1)
+    kw = dict(model=model, positive=pos, negative=pos, latent=lat, seed=1, steps=2, cfg=1.0, shift_mode="dynamic",
+              shift=3.1, denoise=1.0)
+    node("QwenImageSampler", **kw)
+    assert [(v, t) for v, t, _ in state["bars"][-1]] == [(1, 2), (2, 2)]
+    assert state["bars"][-1][0][2] == "JPEG"
+    state["interrupted"] = True
+    with pytest.raises(InterruptProcessingException):
+        node("QwenImageSampler", **kw)
+    h.free_memory()
