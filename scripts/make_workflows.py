@@ -188,36 +188,32 @@ def text_to_image(lora=None, lightning=False):
     return g
 
 
-def image_to_image():
-    g = Graph("Qwen-Image: image to image")
+def from_image(title, image, text, note, inpaint=False):
+    """Image-to-image (denoise 0.7) or inpainting (Load Image's mask, full denoise)."""
+    g = Graph(title)
     m, t, v = loaders(g)
-    img = g.add("LoadImage", (0, 520), (320, 320), image="example.png")
+    img = g.add("LoadImage", (0, 520), (320, 320), image=image)
     enc = g.add("QwenImageVAEEncode", (400, 520), (320, 160), vae=(v, 0), pixels=(img, 0), tiled=False,
                 tile_size=256, overlap=64)
-    pos = g.add("QwenImageTextEncode", (400, 80), (400, 200), text_encoder=(t, 0),
-                text="The same scene as a watercolor painting, soft washes of colour")
+    pos = g.add("QwenImageTextEncode", (400, 80), (400, 200), text_encoder=(t, 0), text=text)
     neg = g.add("QwenImageTextEncode", (400, 320), (400, 120), text_encoder=(t, 0), text=NEGATIVE,
                 title="Negative prompt")
-    tail(g, m, (pos, 0), (neg, 0), (enc, 0), v, denoise=0.7)
-    g.note((0, -260), DOWNLOADS + "\nLoad your picture (sides multiples of 16: resize first). denoise sets how "
-                                  "much changes: 0.7 keeps the composition.")
+    tail(g, m, (pos, 0), (neg, 0), (enc, 0), v, **(dict(mask=(img, 1)) if inpaint else dict(denoise=0.7)))
+    g.note((0, -260), DOWNLOADS + note)
     return g
+
+
+def image_to_image():
+    return from_image("Qwen-Image: image to image", "example.png",
+                      "The same scene as a watercolor painting, soft washes of colour",
+                      "\nLoad your picture (sides multiples of 16: resize first). denoise sets how much changes: "
+                      "0.7 keeps the composition.")
 
 
 def inpainting():
-    g = Graph("Qwen-Image: inpainting")
-    m, t, v = loaders(g)
-    img = g.add("LoadImage", (0, 520), (320, 320), image="example_mask.png")
-    enc = g.add("QwenImageVAEEncode", (400, 520), (320, 160), vae=(v, 0), pixels=(img, 0), tiled=False,
-                tile_size=256, overlap=64)
-    pos = g.add("QwenImageTextEncode", (400, 80), (400, 200), text_encoder=(t, 0),
-                text="A bright red door with a brass handle")
-    neg = g.add("QwenImageTextEncode", (400, 320), (400, 120), text_encoder=(t, 0), text=NEGATIVE,
-                title="Negative prompt")
-    tail(g, m, (pos, 0), (neg, 0), (enc, 0), v, mask=(img, 1))
-    g.note((0, -260), DOWNLOADS + "\nPaint the area to change in the image editor of Load Image (right click, "
-                                  "Open in MaskEditor): the masked part is repainted, the rest kept.")
-    return g
+    return from_image("Qwen-Image: inpainting", "example_mask.png", "A bright red door with a brass handle",
+                      "\nPaint the area to change in the image editor of Load Image (right click, Open in "
+                      "MaskEditor): the masked part is repainted, the rest kept.", inpaint=True)
 
 
 def edit(multi=False):
