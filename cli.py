@@ -172,6 +172,7 @@ def main(argv=None) -> int:
 
     # The two faces add their own commands below: serve (nodes/server.py); train and cache (training/cli.py).
     # --- faces ---
+    from .nodes.server import register_cli as _serve_cli; _serve_cli(sub)
     a = ap.parse_args(argv)
     from .qwenimage_core import CheckpointError
 
