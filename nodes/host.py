@@ -110,6 +110,31 @@ def model_path(kind: str, name: str) -> str:
                             f"(or choose one of: {', '.join(list_models(kind)) or 'none found'})")
 
 
+WHAT_GOES_WHERE = {
+    "diffusion_models": "qwen_image_fp8_e4m3fn.safetensors or qwen_image_bf16.safetensors (edits: "
+                        "qwen_image_edit_2509_fp8_e4m3fn.safetensors), from Comfy-Org/Qwen-Image_ComfyUI",
+    "text_encoders": "qwen_2.5_vl_7b_fp8_scaled.safetensors (or qwen_2.5_vl_7b.safetensors)",
+    "vae": "qwen_image_vae.safetensors",
+    "loras": "Qwen-Image LoRAs (kohya, diffusers/PEFT, ComfyUI, LyCORIS, Lightning)",
+    "diffusers": "whole diffusers model folders, e.g. diffusers/Qwen-Image/ (qwenimage download qwen-image "
+                 "--dir ...)",
+}
+
+
+def models_overview(create: bool = True) -> str:
+    """What each model folder holds and, for an empty one, what to put there (printed when the server starts).
+    `create` makes the missing folders, so a new user sees where files go."""
+    lines = [f"models folder: {models_dir().resolve()}"]
+    for kind, hint in WHAT_GOES_WHERE.items():
+        folder = _folders(kind)[0]
+        if create and not IN_COMFYUI:
+            folder.mkdir(parents=True, exist_ok=True)
+        found = list_models(kind)
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        lines.append(f"  {kind + '/':18s} " + (shown if found else f"(empty) put {hint} here"))
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------- progress and interrupt
 
 _progress_hook: Optional[Callable] = None

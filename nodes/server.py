@@ -1334,6 +1334,7 @@ def serve(listen="127.0.0.1", port=8188, models_dir=None, input_dir=None, output
     shown = f"[{listen}]" if ":" in listen else listen
     print(f"qwenimage serve: {n_ours} node types; models from {host.models_dir().resolve()}; "
           f"outputs to {Path(host.output_dir()).resolve()}", flush=True)
+    print(host.models_overview(), flush=True)
     print(f"To see the GUI go to: http://{shown}:{port}", flush=True)
     web.run_app(server.app, host=listen, port=port, access_log=None, print=None)
 

@@ -464,3 +464,16 @@ def test_inside_comfyui_the_host_defers_to_comfyui(monkeypatch, tmp_path, env):
     with pytest.raises(InterruptProcessingException):
         node("QwenImageSampler", **kw)
     h.free_memory()
+
+
+def test_models_overview_says_what_goes_where(env, tmp_path):
+    text = host.models_overview()
+    assert FILES["vae"] in text and FILES["diffusion_model"] in text
+    old = host.models_dir()
+    host.set_models_dir(tmp_path / "fresh")
+    try:
+        text = host.models_overview()
+        assert "diffusion_models/  (empty) put qwen_image_fp8_e4m3fn.safetensors" in text
+        assert (tmp_path / "fresh" / "text_encoders").is_dir()  # made, so a new user sees where files go
+    finally:
+        host.set_models_dir(old)
