@@ -352,6 +352,7 @@ class PromptServer:
         if self._worker is not None:
             self._worker.join(timeout=10)
             self._worker = None
+        host.clear_interrupt()  # the stop request must not cancel the next run in this process
 
     def _apply_flags(self):
         flags = self.queue.take_flags()
