@@ -173,6 +173,7 @@ def main(argv=None) -> int:
     # The two faces add their own commands below: serve (nodes/server.py); train and cache (training/cli.py).
     # --- faces ---
     from .nodes.server import register_cli as _serve_cli; _serve_cli(sub)
+    from .training.cli import register_cli as _train_cli; _train_cli(sub)
     a = ap.parse_args(argv)
     from .qwenimage_core import CheckpointError
 
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
 
     try:
         return a.fn(a)
-    except (CheckpointError, DownloadError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, DownloadError, FileNotFoundError, ValueError) as e:  # incl. config and data errors
         print(f"error: {e}", file=sys.stderr)
         return 2
 

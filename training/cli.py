@@ -1,0 +1,44 @@
+"""`qwenimage train CONFIG` and `qwenimage cache CONFIG`."""
+from __future__ import annotations
+
+import sys
+
+
+def _config(a):
+    from .config import load_config
+
+    return load_config(a.config, a.set or ())
+
+
+def cmd_train(a) -> int:
+    from .trainer import Trainer
+
+    result = Trainer(_config(a)).run(resume=a.resume)
+    if result.get("outputs"):
+        print("\n".join(f"{k}: {v}" for k, v in result["outputs"].items()))
+    return 0
+
+
+def cmd_cache(a) -> int:
+    from .trainer import run_cache
+
+    print(f"encoded {run_cache(_config(a))} sample(s)")
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("train", help="train: pretraining, full fine-tuning or LoRA, from one TOML config")
+    p.add_argument("config", help="the TOML config (see training/examples/)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override fields, e.g. optimizer.lr=1e-4")
+    p.add_argument("--resume", default=None, help="a checkpoint folder, or 'auto' for the newest in output.dir")
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("cache", help="encode a config's data into its latent and text caches")
+    p.add_argument("config")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(fn=cmd_cache)
+
+
+def main(argv=None) -> int:
+    from ..cli import main as qwenimage_main
+
+    return qwenimage_main(["train", *(argv if argv is not None else sys.argv[1:])])

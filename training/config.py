@@ -1,0 +1,268 @@
+"""The training config: one TOML file, checked on load, with `section.key=value` overrides from the command line.
+
+Every section is a dataclass; an unknown key, a wrong type or a bad value is refused with the field's full name
+(`optimizer.lr`, `stages[1].steps`), before anything loads."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, get_args, get_origin, get_type_hints
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config field is missing, unknown or invalid; the message names it."""
+
+
+@dataclass
+class ModelConfig:
+    preset: str = ""                  # pretraining from random init: a qwenimage_core.config preset ("official", ...)
+    path: str = ""                    # fine-tuning: a diffusers folder or a ComfyUI single file
+    preset_overrides: dict = field(default_factory=dict)  # e.g. {joint_attention_dim = 64}
+    text_encoder: str = ""            # for caching and validation
+    vae: str = ""
+    dtype: str = "float32"            # the trained weights' dtype (mixed precision is train.mixed_precision)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    path: str = ""                    # a folder of images + same-stem .txt captions, or a JSONL manifest
+    kind: str = "auto"
+    on_error: str = "skip"            # skip (report and drop bad rows) | error (refuse the dataset)
+    min_size: int = 64
+    cache_dir: str = ""               # default: <output.dir>/cache
+    area: int = 1024 * 1024           # bucket area in pixels
+    ref_area: int = 1024 * 1024       # edit references: about a megapixel, as the pipelines
+    batch_size: int = 1               # per process
+    category_weights: dict = field(default_factory=dict)
+    template: str = "t2i"             # t2i | edit | edit_plus (edit triples)
+    max_text_tokens: int = 0          # 0: no cap
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "flow_matching"
+    timesteps: str = "logit_normal"   # uniform | logit_normal | shift | dynamic
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 3.0                # for timesteps = "shift"
+    weighting: str = "none"           # none | cosmap | sigma_sqrt
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    eight_bit: bool = False           # bitsandbytes AdamW8bit, when installed
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = "constant"            # constant | cosine
+    warmup: int = 0
+    min_lr_ratio: float = 0.0         # cosine floor, as a fraction of lr
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "lora"                # pretrain | full | lora
+    steps: int = 1000                 # used when there are no [[stages]]
+    grad_accum: int = 1
+    mixed_precision: str = "no"       # no | bf16 | fp16
+    max_grad_norm: float = 1.0        # 0: no clipping
+    seed: int = 0
+    ema_decay: float = 0.0            # 0: no EMA
+    distributed: dict = field(default_factory=dict)  # passed to accelerate (e.g. find_unused_parameters)
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 16
+    alpha: float = 16.0
+    targets: list = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
+                                                   "add_v_proj", "to_add_out"])
+    dropout: float = 0.0
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/qwenimage"
+    save_every: int = 500
+    keep_last: int = 3
+    formats: list = field(default_factory=lambda: ["diffusers", "comfyui"])  # full weights; LoRA is one file
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ValidationConfig:
+    every: int = 0                    # 0: only at the end (when prompts are given)
+    prompts: list = field(default_factory=list)
+    negative_prompt: str = " "
+    seeds: list = field(default_factory=lambda: [0])
+    width: int = 1024
+    height: int = 1024
+    steps: int = 30
+    cfg: float = 4.0
+
+
+@dataclass
+class StageConfig:
+    name: str = ""
+    steps: int = 0
+    lr: float = 0.0                   # 0: optimizer.lr
+    area: int = 0                     # 0: data.area
+    data: str = ""                    # "": data.path
+    category_weights: dict = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    stages: list = field(default_factory=list)  # of StageConfig
+
+    def stage_list(self) -> list[StageConfig]:
+        """The stages to run: the [[stages]] given, else one stage of train.steps."""
+        return self.stages or [StageConfig(name="main", steps=self.train.steps)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.kind": ("auto", "folder", "jsonl"), "data.on_error": ("skip", "error"),
+    "data.template": ("t2i", "edit", "edit_plus"), "objective.name": ("flow_matching",),
+    "objective.timesteps": ("uniform", "logit_normal", "shift", "dynamic"),
+    "objective.weighting": ("none", "cosmap", "sigma_sqrt"), "schedule.kind": ("constant", "cosine"),
+    "train.mode": ("pretrain", "full", "lora"), "train.mixed_precision": ("no", "bf16", "fp16"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+}
+POSITIVE = ("data.batch_size", "data.area", "data.min_size", "optimizer.lr", "train.steps", "train.grad_accum",
+            "lora.rank", "lora.alpha", "output.save_every", "output.keep_last", "logging.every",
+            "validation.width", "validation.height", "validation.steps", "objective.shift", "objective.logit_std")
+
+
+def _build(cls, raw: dict, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a table, got {type(raw).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(f'{where}.{k}' if where else k for k in unknown)}; "
+                          f"known: {', '.join(sorted(names))}")
+    kw = {}
+    for name, value in raw.items():
+        path = f"{where}.{name}" if where else name
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kw[name] = _build(typ, value, path)
+        elif name == "stages" and cls is Config:
+            if not isinstance(value, list):
+                raise ConfigError("stages: expected an array of tables ([[stages]])")
+            kw[name] = [_build(StageConfig, s, f"stages[{i}]") for i, s in enumerate(value)]
+        else:
+            kw[name] = _check_type(value, typ, path)
+    return cls(**kw)
+
+
+def _check_type(value: Any, typ, path: str):
+    base = get_origin(typ) or typ
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is bool and not isinstance(value, bool) or base is not bool and isinstance(value, bool) and base is not Any:
+        raise ConfigError(f"{path}: expected {base.__name__}, got {value!r}")
+    if base in (int, float, str, list, dict) and not isinstance(value, base):
+        raise ConfigError(f"{path}: expected {base.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    flat = {f"{s}.{k}": v for s, sec in cfg.to_dict().items() if isinstance(sec, dict) for k, v in sec.items()}
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key}: {flat[key]!r} is not one of {', '.join(allowed)}")
+    for key in POSITIVE:
+        if not flat[key] > 0:
+            raise ConfigError(f"{key}: must be positive, got {flat[key]!r}")
+    if bool(cfg.model.preset) == bool(cfg.model.path):
+        raise ConfigError("model: give exactly one of model.preset (pretraining from scratch) and model.path "
+                          "(fine-tuning a checkpoint)")
+    if cfg.train.mode == "pretrain" and not cfg.model.preset:
+        raise ConfigError("train.mode: 'pretrain' starts from random weights: set model.preset")
+    if cfg.train.mode in ("full", "lora") and not cfg.model.path:
+        raise ConfigError(f"train.mode: {cfg.train.mode!r} fine-tunes a checkpoint: set model.path")
+    if not cfg.data.path and not all(s.data for s in cfg.stages or [StageConfig()]):
+        raise ConfigError("data.path: required (or a data path in every stage)")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
+    if not 0.0 <= cfg.lora.dropout < 1.0:
+        raise ConfigError(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    for f in cfg.output.formats:
+        if f not in ("diffusers", "comfyui"):
+            raise ConfigError(f"output.formats: {f!r} is not one of diffusers, comfyui")
+    for i, s in enumerate(cfg.stages):
+        if s.steps <= 0:
+            raise ConfigError(f"stages[{i}].steps: must be positive, got {s.steps}")
+        if s.area and s.area % 256:
+            raise ConfigError(f"stages[{i}].area: {s.area} pixels is not a whole number of 16x16 patches")
+    if cfg.validation.width % 16 or cfg.validation.height % 16:
+        raise ConfigError("validation.width/height: must be multiples of 16")
+    return cfg
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'optimizer.lr=1e-4' -> (['optimizer', 'lr'], 0.0001): the value read as TOML, else as a string."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(source, overrides=()) -> Config:
+    """A Config from a TOML file path (or a dict), with overrides applied, validated."""
+    if isinstance(source, dict):
+        raw = json.loads(json.dumps(source))
+    else:
+        try:
+            with open(source, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: config file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
+        node[keys[-1]] = value
+    return validate(_build(Config, raw, ""))

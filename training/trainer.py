@@ -1,0 +1,382 @@
+"""The training engine: stages of flow-matching training over cached latents, on accelerate.
+
+One loop serves pretraining from a config preset, full fine-tuning and LoRA (peft), text-to-image and edit
+triples. accelerate places the model, runs mixed precision and distribution (DDP/FSDP/DeepSpeed as configured by
+`accelerate launch`); gradients are accumulated by hand so one optimiser step is the same arithmetic on any number
+of processes. Validation images come from the core pipeline, the same code the nodes run."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from ..qwenimage_core.checkpoint import load_transformer, save_comfyui_transformer, save_transformer
+from ..qwenimage_core.config import preset
+from ..qwenimage_core.images import save_png
+from ..qwenimage_core.lora import save_lora
+from ..qwenimage_core.pipeline import QwenImage
+from ..qwenimage_core.transformer import QwenImageTransformer
+from .buckets import BucketBatchSampler, category_weights
+from .cache import CachedDataset, CacheSettings, build_cache, collate, missing
+from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
+from .config import Config, ConfigError
+from .data import load_samples
+from .objectives import build_objective
+
+log = logging.getLogger("qwenimage.training")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ------------------------------------------------------------------------------------------------- model
+
+def build_model(cfg: Config) -> QwenImageTransformer:
+    """Random init at a preset (pretraining) or a loaded checkpoint; LoRA adapters injected with peft."""
+    dtype = DTYPES[cfg.model.dtype]
+    if cfg.model.preset:
+        try:
+            model = QwenImageTransformer(preset(cfg.model.preset, **cfg.model.preset_overrides)).to(dtype)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"model.preset / model.preset_overrides: {e}") from None
+    else:
+        model = load_transformer(cfg.model.path, dtype=dtype)
+    if cfg.model.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    if cfg.train.mode == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        lc = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, target_modules=list(cfg.lora.targets),
+                        lora_dropout=cfg.lora.dropout, init_lora_weights=True)
+        model = inject_adapter_in_model(lc, model)
+        for name, p in model.named_parameters():
+            p.requires_grad_("lora_" in name)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError(f"lora.targets: {cfg.lora.targets} match no layer of the model")
+    else:
+        model.requires_grad_(True)
+    return model.train()
+
+
+def trainable(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def lora_matrices(model, alpha: float) -> dict:
+    """peft's adapters -> {module: (A, B, alpha)} for core save_lora (the layout the nodes and diffusers load)."""
+    out = {}
+    for name, mod in model.named_modules():
+        if hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
+            out[name] = (mod.lora_A["default"].weight.detach().float(), mod.lora_B["default"].weight.detach().float(),
+                         alpha)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+def _stamp(path: str) -> str:
+    if not path:
+        return ""
+    st = os.stat(path) if os.path.exists(path) else None
+    return f"{os.path.abspath(path)}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}"
+
+
+class Encoders:
+    """The VAE and text encoder, loaded only when a cache must be built or validation images made."""
+
+    def __init__(self, cfg: Config, device):
+        self.cfg, self.device, self._pair = cfg, device, None
+
+    def get(self):
+        if self._pair is None:
+            from ..qwenimage_core.text_encoder import load_text_encoder
+            from ..qwenimage_core.vae import load_vae
+
+            m = self.cfg.model
+            if not m.vae or not m.text_encoder:
+                raise ConfigError("model.vae and model.text_encoder: needed to cache the data and to validate")
+            self._pair = (load_vae(m.vae, device=self.device), load_text_encoder(m.text_encoder, device=self.device))
+        return self._pair
+
+
+def stage_cache(cfg: Config, stage):
+    """(samples, cache settings, cache folder) of a stage. The encoders are identified by their files' stamps,
+    so checking a complete cache never loads them."""
+    samples = load_samples(stage.data or cfg.data.path, kind=cfg.data.kind, on_error=cfg.data.on_error,
+                           min_size=cfg.data.min_size)
+    settings = CacheSettings(area=stage.area or cfg.data.area, template=cfg.data.template,
+                             max_text_tokens=cfg.data.max_text_tokens or None, ref_area=cfg.data.ref_area,
+                             model_id=_stamp(cfg.model.vae) + "|" + _stamp(cfg.model.text_encoder))
+    return samples, settings, cfg.data.cache_dir or os.path.join(cfg.output.dir, "cache")
+
+
+def stage_data(cfg: Config, stage, encoders: Encoders, accelerator):
+    """The stage's samples, cached (built on the main process when incomplete), as (dataset, sampler)."""
+    samples, settings, cache_dir = stage_cache(cfg, stage)
+    if accelerator.is_main_process and missing(samples, settings, cache_dir):
+        vae, te = encoders.get()
+        build_cache(samples, cache_dir, settings, vae, te, device=None, progress=cfg.logging.progress)
+    accelerator.wait_for_everyone()
+    dataset = CachedDataset(samples, cache_dir, settings)
+    cw = stage.category_weights or cfg.data.category_weights
+    weights = category_weights(samples, cw or None) if cw or any(s.weight != 1 for s in samples) else None
+    sampler = BucketBatchSampler(dataset.sizes, cfg.data.batch_size, weights=weights, seed=cfg.train.seed,
+                                 num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+    return dataset, sampler
+
+
+def run_cache(cfg: Config) -> int:
+    """`qwenimage cache CONFIG`: build every stage's cache; returns how many samples were encoded."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    enc, n = Encoders(cfg, acc.device), 0
+    for stage in cfg.stage_list():
+        samples, settings, cache_dir = stage_cache(cfg, stage)
+        if missing(samples, settings, cache_dir):
+            vae, te = enc.get()
+            n += build_cache(samples, cache_dir, settings, vae, te, device=None, progress=cfg.logging.progress)
+    return n
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+
+def lr_factor(step: int, total: int, cfg: Config) -> float:
+    """Linear warm-up, then constant or cosine down to min_lr_ratio, within one stage."""
+    s = cfg.schedule
+    if s.warmup and step < s.warmup:
+        return (step + 1) / s.warmup
+    if s.kind == "constant":
+        return 1.0
+    progress = (step - s.warmup) / max(1, total - s.warmup)
+    return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(params, cfg: Config):
+    o = cfg.optimizer
+    kw = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+    if o.eight_bit:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ConfigError("optimizer.eight_bit: needs bitsandbytes (pip install bitsandbytes)") from None
+        return bnb.optim.AdamW8bit(params, **kw)
+    return torch.optim.AdamW(params, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+
+class Trainer:
+    def __init__(self, cfg: Config, accelerator=None):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        self.cfg = cfg
+        self.acc = accelerator or Accelerator(
+            mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
+            log_with="tensorboard" if cfg.logging.tensorboard else None, project_dir=cfg.output.dir,
+            # the last block's text stream feeds nothing (only image tokens are predicted): DDP must not wait for it
+            kwargs_handlers=[DistributedDataParallelKwargs(**{"find_unused_parameters": True,
+                                                               **cfg.train.distributed})])
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg)
+        self.params = trainable(self.model)
+        self.optimizer = make_optimizer(list(self.params.values()), cfg)
+        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        self.objective = build_objective(cfg.objective)
+        self.encoders = Encoders(cfg, self.acc.device)
+        self.ema = ({n: p.detach().float().clone() for n, p in self.params.items()}
+                    if cfg.train.ema_decay > 0 else None)
+        self.step, self.stage_index, self.stage_step, self.sampler_state = 0, 0, 0, None
+        self.losses: list[float] = []
+        self.ckpt_dir = os.path.join(cfg.output.dir, "checkpoints")
+
+    @property
+    def unwrapped(self):
+        return self.acc.unwrap_model(self.model)
+
+    # -- checkpoints --------------------------------------------------------------------------------------
+    def save(self, sampler) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            save_checkpoint(self.ckpt_dir, self.step, weights=dict(self.params), optimizer=self.optimizer.state_dict(),
+                            scheduler={"stage": self.stage_index, "stage_step": self.stage_step}, ema=self.ema,
+                            state={"step": self.step, "stage": self.stage_index, "stage_step": self.stage_step,
+                                   "sampler": sampler.state_dict(), "losses": self.losses},
+                            keep_last=self.cfg.output.keep_last)
+        self.acc.wait_for_everyone()
+
+    def resume(self, path) -> None:
+        ck = load_checkpoint(path)
+        with torch.no_grad():
+            for n, p in self.params.items():
+                if n not in ck["weights"]:
+                    raise ValueError(f"{path}: checkpoint has no weight {n!r} (a different model or mode?)")
+                p.copy_(ck["weights"][n])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.ema is not None and ck["ema"] is not None:
+            self.ema = {n: t.float() for n, t in ck["ema"].items()}
+        st = ck["state"]
+        self.step, self.stage_index, self.stage_step = st["step"], st["stage"], st["stage_step"]
+        self.sampler_state, self.losses = st["sampler"], list(st["losses"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def train_step(self, it, dataset, lr: float) -> float:
+        cfg, acc = self.cfg, self.acc
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        ga, total = cfg.train.grad_accum, 0.0
+        for micro in range(ga):
+            idx = next(it)
+            batch = collate([dataset[i] for i in idx])
+            batch = {k: (v.to(acc.device) if torch.is_tensor(v) else [r.to(acc.device) for r in v]
+                         if isinstance(v, list) else v) for k, v in batch.items()}
+            base = acc.process_index * len(idx)  # the sample's place in the global batch: same noise on any layout
+            gens = [torch.Generator().manual_seed(hash((cfg.train.seed, self.step, micro, base + j)) % 2 ** 63)
+                    for j in range(len(idx))]
+            sync = contextlib.nullcontext() if micro == ga - 1 else acc.no_sync(self.model)
+            with sync, acc.autocast():
+                per_sample, _ = self.objective.loss(self.model, batch, gens)
+                loss = per_sample.mean() / ga
+            acc.backward(loss)
+            total += loss.detach()
+        if cfg.train.max_grad_norm > 0:
+            acc.clip_grad_norm_(list(self.params.values()), cfg.train.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            d = cfg.train.ema_decay
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    self.ema[n].mul_(d).add_(p.detach().float(), alpha=1 - d)
+        return acc.reduce(total.reshape(1), "mean").item()
+
+    def run(self, resume=None, stop_after: int | None = None) -> dict:
+        """Train every stage; `stop_after` ends the run after that many optimiser steps in this call (tests)."""
+        cfg, acc = self.cfg, self.acc
+        path = resolve_resume(resume, self.ckpt_dir)
+        if path:
+            self.resume(path)
+        if cfg.logging.tensorboard:
+            acc.init_trackers("qwenimage", config={"mode": cfg.train.mode, "lr": cfg.optimizer.lr,
+                                                   "batch_size": cfg.data.batch_size, "seed": cfg.train.seed})
+        stages = cfg.stage_list()
+        total_steps = sum(s.steps for s in stages)
+        bar = tqdm(total=total_steps, initial=self.step, disable=not (acc.is_main_process and cfg.logging.progress),
+                   desc="train", unit="step")
+        done_here, t0 = 0, time.time()
+        while self.stage_index < len(stages):
+            stage = stages[self.stage_index]
+            dataset, sampler = stage_data(cfg, stage, self.encoders, acc)
+            if self.sampler_state is not None:
+                sampler.load_state_dict(self.sampler_state)
+                self.sampler_state = None
+            it = iter(sampler)
+            while self.stage_step < stage.steps:
+                if stop_after is not None and done_here >= stop_after:
+                    bar.close()
+                    return self.summary()
+                lr = (stage.lr or cfg.optimizer.lr) * lr_factor(self.stage_step, stage.steps, cfg)
+                loss = self.train_step(it, dataset, lr)
+                self.step, self.stage_step, done_here = self.step + 1, self.stage_step + 1, done_here + 1
+                self.losses.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", stage=stage.name or self.stage_index)
+                if cfg.logging.tensorboard and self.step % cfg.logging.every == 0:
+                    acc.log({"loss": loss, "lr": lr, "steps_per_s": done_here / (time.time() - t0)}, step=self.step)
+                if self.step % cfg.output.save_every == 0 and self.stage_step < stage.steps:
+                    self.save(sampler)
+                if cfg.validation.every and self.step % cfg.validation.every == 0 and cfg.validation.prompts:
+                    self.validate()
+            self.save(sampler)  # every stage boundary writes a checkpoint
+            self.stage_index, self.stage_step = self.stage_index + 1, 0
+        bar.close()
+        outputs = self.export()
+        if cfg.validation.prompts:
+            self.validate()
+        acc.end_training()
+        return {**self.summary(), "outputs": outputs}
+
+    def summary(self) -> dict:
+        return {"step": self.step, "losses": list(self.losses)}
+
+    # -- outputs and validation ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """The EMA weights swapped in (for exports and validation), the trained ones restored after."""
+        if self.ema is None:
+            yield
+            return
+        saved = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(self.ema[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(saved[n])
+
+    def export(self) -> dict:
+        """LoRA: out/lora.safetensors; full: out/transformer/ (diffusers) and out/<name>_comfyui.safetensors."""
+        cfg, out = self.cfg, {}
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return out
+        model = self.unwrapped
+        with self.ema_weights():
+            if cfg.train.mode == "lora":
+                out["lora"] = os.path.join(cfg.output.dir, "lora.safetensors")
+                save_lora(out["lora"], lora_matrices(model, cfg.lora.alpha),
+                          {"qwenimage_rank": cfg.lora.rank, "qwenimage_alpha": cfg.lora.alpha,
+                           "qwenimage_steps": self.step})
+            else:
+                if "diffusers" in cfg.output.formats:
+                    out["diffusers"] = os.path.join(cfg.output.dir, "transformer")
+                    save_transformer(model, out["diffusers"])
+                if "comfyui" in cfg.output.formats:
+                    out["comfyui"] = os.path.join(cfg.output.dir, "qwen_image_trained_comfyui.safetensors")
+                    save_comfyui_transformer(model, out["comfyui"])
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> list[str]:
+        """Images for the fixed prompts and seeds through the core pipeline; saved and logged."""
+        cfg, v, paths = self.cfg, self.cfg.validation, []
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            vae, te = self.encoders.get()
+            model = self.unwrapped
+            model.eval()
+            folder = os.path.join(cfg.output.dir, "validation", f"step-{self.step:08d}")
+            os.makedirs(folder, exist_ok=True)
+            with self.ema_weights():
+                pipe = QwenImage(model, vae, te, edit_template=None)
+                for i, prompt in enumerate(v.prompts):
+                    for seed in v.seeds:
+                        img = pipe.generate(prompt, negative_prompt=v.negative_prompt, width=v.width,
+                                            height=v.height, steps=v.steps, cfg=v.cfg, seed=int(seed))[0]
+                        path = os.path.join(folder, f"{i:02d}-seed{seed}.png")
+                        save_png(img, path, {"prompt": prompt, "seed": str(seed), "step": str(self.step)})
+                        paths.append(path)
+                        self._log_image(f"validation/{i:02d}-seed{seed}", img)
+            model.train()
+        self.acc.wait_for_everyone()
+        return paths
+
+    def _log_image(self, tag, img) -> None:
+        if not self.cfg.logging.tensorboard:
+            return
+        import numpy as np
+
+        tracker = self.acc.get_tracker("tensorboard", unwrap=True)
+        tracker.add_image(tag, np.asarray(img), self.step, dataformats="HWC")
+
+
+def train(cfg: Config, resume=None) -> dict:
+    return Trainer(cfg).run(resume=resume)
