@@ -42,3 +42,7 @@ def main(argv=None) -> int:
     from ..cli import main as qwenimage_main
 
     return qwenimage_main(["train", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
