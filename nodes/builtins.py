@@ -114,7 +114,21 @@ def _open(path):
 
 # ------------------------------------------------------------------------------------------------ loaders
 
-class LoadImage:
+class _InputImage:
+    """A node reading a file of the input folder: re-run when its bytes change; refused if it is not there."""
+
+    @classmethod
+    def IS_CHANGED(cls, image, **_):
+        return _file_hash(image)
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image):
+        if not annotated_exists(image):
+            return "Invalid image file: {}".format(image)
+        return True
+
+
+class LoadImage(_InputImage):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"image": (_image_files(host.input_dir()), {"image_upload": True})}}
@@ -150,18 +164,9 @@ class LoadImage:
             return (torch.cat(images, 0), torch.cat(masks, 0))
         return (images[0], masks[0])
 
-    @classmethod
-    def IS_CHANGED(cls, image):
-        return _file_hash(image)
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, image):
-        if not annotated_exists(image):
-            return "Invalid image file: {}".format(image)
-        return True
 
 
-class LoadImageMask:
+class LoadImageMask(_InputImage):
     _color_channels = ["alpha", "red", "green", "blue"]
 
     @classmethod
@@ -192,15 +197,6 @@ class LoadImageMask:
             mask = torch.zeros((64, 64), dtype=torch.float32)
         return (mask[None],)
 
-    @classmethod
-    def IS_CHANGED(cls, image, channel):
-        return _file_hash(image)
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, image):
-        if not annotated_exists(image):
-            return "Invalid image file: {}".format(image)
-        return True
 
 
 # ------------------------------------------------------------------------------------------------ savers
