@@ -323,3 +323,18 @@ progress = false
     assert os.path.isfile(tmp_path / "out" / "qwen_image_trained_comfyui.safetensors")
     assert main(["train", str(toml), "--set", "optimizer.lr=-1"]) == 2
     assert "optimizer.lr: must be positive" in capsys.readouterr().err
+
+
+def test_bf16_mixed_precision_with_gradient_checkpointing(world, tmp_path):
+    cfg = config(world, tmp_path / "out", model={"preset": "", "path": world["models"]["diffusion_model"],
+                                                 "preset_overrides": {}, "gradient_checkpointing": True},
+                 train={"mode": "lora", "steps": 3, "mixed_precision": "bf16"}, lora={"rank": 2, "alpha": 2.0})
+    t = Trainer(cfg)
+    assert t.unwrapped.gradient_checkpointing
+    result = t.run()
+    assert all(np.isfinite(result["losses"]))
+    lora = load_file(result["outputs"]["lora"])
+    moved = {k for k, v in lora.items() if "lora_B" in k and v.abs().sum() > 0}  # B left its zero init
+    # every adapter trained but the last block's text queries and text output, which feed nothing
+    idle = {f"transformer.transformer_blocks.1.attn.{m}.lora_B.weight" for m in ("add_q_proj", "to_add_out")}
+    assert moved == {k for k in lora if "lora_B" in k} - idle
