@@ -107,6 +107,17 @@ def calculate_shift(image_seq_len: int, cfg: ScheduleConfig = ScheduleConfig()) 
     return image_seq_len * slope + intercept
 
 
+def exponential_time_shift(t, mu: float):
+    """The resolution shift of a noise level t in (0, 1]: exp(mu) / (exp(mu) + (1/t - 1)). (shift_sigmas below
+    computes the same in float32 numpy, op for op as the reference, for bit-exact inference schedules.)"""
+    return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+
+
+def static_time_shift(t, shift: float):
+    """A fixed shift s of a noise level t: s t / (1 + (s - 1) t) (s > 1 spends more time at high noise)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
 def shift_sigmas(base_sigmas, mu: float | None = None, cfg: ScheduleConfig = ScheduleConfig()) -> torch.Tensor:
     """Apply the config's time shift and terminal stretch to `base_sigmas` (descending, in (0, 1]) and append 0:
     the same computation as FlowMatchEulerDiscreteScheduler.set_timesteps(sigmas=..., mu=...).

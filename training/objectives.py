@@ -12,7 +12,9 @@ from typing import Protocol
 
 import torch
 
-from ..qwenimage_core.schedules import ScheduleConfig, calculate_shift, image_seq_len, pack_latents
+from ..qwenimage_core.sampling import add_noise
+from ..qwenimage_core.schedules import (ScheduleConfig, calculate_shift, exponential_time_shift, image_seq_len,
+                                        pack_latents, static_time_shift)
 
 
 class Objective(Protocol):
@@ -30,10 +32,9 @@ def sample_sigmas(scheme: str, u: torch.Tensor, *, height: int, width: int, logi
     if scheme == "logit_normal":
         return torch.sigmoid(logit_mean + logit_std * normal)
     if scheme == "shift":
-        return shift * u / (1 + (shift - 1) * u)
+        return static_time_shift(u, shift)
     if scheme == "dynamic":
-        mu = calculate_shift(image_seq_len(height, width), ScheduleConfig())
-        return math.exp(mu) / (math.exp(mu) + (1 / u - 1))
+        return exponential_time_shift(u, calculate_shift(image_seq_len(height, width), ScheduleConfig()))
     raise ValueError(f"unknown timestep scheme {scheme!r}")
 
 
@@ -75,8 +76,7 @@ class FlowMatching:
     def loss(self, model, batch, generators):
         x0 = batch["latents"]                                    # [B, 16, 1, h, w], normalised
         eps, sigma = self.noise(x0, generators)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        xt = (1 - s) * x0 + s * eps
+        xt = add_noise(x0, eps, sigma.view(-1, 1, 1, 1, 1))
         target = pack_latents(eps - x0)
         b, _, _, h, w = x0.shape
         tokens = pack_latents(xt)
