@@ -172,9 +172,12 @@ def make_optimizer(params, cfg: Config):
 class Trainer:
     def __init__(self, cfg: Config, accelerator=None):
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from accelerate.utils import DistributedDataParallelKwargs
 
         self.cfg = cfg
+        if accelerator is None:  # a second run in this process may ask another precision (the process group stays)
+            AcceleratorState._reset_state()
         self.acc = accelerator or Accelerator(
             mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
             log_with="tensorboard" if cfg.logging.tensorboard else None, project_dir=cfg.output.dir,
