@@ -64,6 +64,17 @@ class BinaryEventTypes:
     PREVIEW_IMAGE_WITH_METADATA = 4
 
 
+WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
+TEMPLATES_MODULE = "Qwen-Image"
+
+
+def example_workflows() -> list[str]:
+    """The shipped UI-format workflows (workflows/*.json, not the *_api.json twins), by name."""
+    if not WORKFLOWS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in WORKFLOWS_DIR.glob("*.json") if not p.stem.endswith("_api"))
+
+
 def frontend_root() -> Path:
     """The static folder of the installed `comfyui-frontend-package` wheel."""
     try:
@@ -525,7 +536,15 @@ class PromptServer:
 
         @routes.get("/workflow_templates")
         async def workflow_templates(request):
-            return web.json_response({})
+            # as ComfyUI lists a custom node pack's example workflows: the template browser shows ours
+            return web.json_response({TEMPLATES_MODULE: example_workflows()} if example_workflows() else {})
+
+        @routes.get("/workflow_templates/{module}/{name}")
+        async def workflow_template(request):
+            name = request.match_info["name"]
+            if request.match_info["module"] != TEMPLATES_MODULE or name[:-5] not in example_workflows():
+                return web.Response(status=404)
+            return web.FileResponse(WORKFLOWS_DIR / name)
 
         @routes.get("/global_subgraphs")
         async def global_subgraphs(request):

@@ -261,6 +261,15 @@ def test_frontend_routes_answer(srv, prefix):
         assert call(srv, "GET", e)[0] == 200
 
 
+def test_shipped_workflows_are_offered_as_templates(srv):
+    status, body, _ = call(srv, "GET", "/api/workflow_templates")
+    assert status == 200 and "text_to_image" in body["Qwen-Image"] and "text_to_image_api" not in body["Qwen-Image"]
+    status, wf, _ = call(srv, "GET", "/api/workflow_templates/Qwen-Image/text_to_image.json")
+    assert status == 200 and any(n["type"] == "QwenImageSampler" for n in wf["nodes"])
+    for bad in ("/api/workflow_templates/Qwen-Image/..%2Fpyproject.toml", "/api/workflow_templates/Other/edit.json"):
+        assert call(srv, "GET", bad)[0] == 404
+
+
 def test_shapes_of_info_routes(srv):
     _, stats, _ = call(srv, "GET", "/api/system_stats")
     assert set(stats) == {"system", "devices"}
