@@ -622,6 +622,11 @@ def comfyui_tokenizer_dir() -> Path | None:
     return None
 
 
+def bundled_tokenizer_dir() -> Path:
+    """The Qwen2.5 tokenizer shipped in this package (Apache-2.0, see its README): always there, offline."""
+    return Path(__file__).resolve().parent / "qwen25_tokenizer"
+
+
 def _hub_tokenizer_dir() -> Path:
     """Download Qwen/Qwen-Image's tokenizer/ folder (the last resort)."""
     from huggingface_hub import snapshot_download
@@ -633,7 +638,8 @@ def _hub_tokenizer_dir() -> Path:
 def find_tokenizer_dir(path: str | os.PathLike | None = None, tokenizer_path: str | os.PathLike | None = None,
                        allow_download: bool = True) -> Path:
     """Where the Qwen2.5 tokenizer is: `tokenizer_path`; the diffusers folder's `tokenizer/`; a `tokenizer/`
-    folder or tokenizer files next to a single file; ComfyUI's bundled copy; else downloaded from the hub."""
+    folder or tokenizer files next to a single file; ComfyUI's bundled copy; the copy shipped in this package;
+    else (only if that copy was removed) downloaded from the hub."""
     tried = []
     if tokenizer_path is not None:
         if is_tokenizer_dir(tokenizer_path):
@@ -654,6 +660,10 @@ def find_tokenizer_dir(path: str | os.PathLike | None = None, tokenizer_path: st
     if comfy is not None:
         return comfy
     tried.append("ComfyUI's comfy/text_encoders/qwen25_tokenizer (comfy not importable)")
+    bundled = bundled_tokenizer_dir()
+    if is_tokenizer_dir(bundled):
+        return bundled
+    tried.append(f"{bundled} (the package's own copy, missing)")
     if allow_download:
         try:
             d = _hub_tokenizer_dir()
@@ -716,7 +726,8 @@ def load_text_encoder(path: str | os.PathLike, device=None, dtype: torch.dtype |
 __all__ = [
     "DROP_TOKENS", "EDIT_PLUS_IMAGE_PROMPT", "EDIT_PLUS_TEMPLATE", "EDIT_TEMPLATE", "QWEN25_VL_7B_CONFIG",
     "QwenTextEncoder", "T2I_TEMPLATE", "TEMPLATES", "TextEncoderLoadError", "VISION_AREA", "calculate_dimensions",
-    "default_image_processor", "disk_key_to_model_name", "find_tokenizer_dir", "load_image_processor",
+    "bundled_tokenizer_dir", "default_image_processor", "disk_key_to_model_name", "find_tokenizer_dir",
+    "load_image_processor",
     "load_text_encoder", "load_text_encoder_model", "load_tokenizer", "model_name_to_disk_key",
     "official_text_encoder_config", "repeat_for_images", "resize_for_vision", "save_text_encoder_file", "vision_size",
 ]
