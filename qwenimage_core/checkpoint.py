@@ -111,6 +111,31 @@ def infer_transformer_config(shapes: dict[str, tuple], markers=()) -> Transforme
         use_additional_t_cond="time_text_embed.addition_t_embedding.weight" in shapes, **flags)
 
 
+def check_transformer_config(config: TransformerConfig, sources: dict) -> None:
+    """Refuse a config (config.json, file metadata or caller's) that the weights contradict, before anything is
+    built: a crafted num_layers=20000 would otherwise build 20000 blocks only to fail on missing keys."""
+    def shape(name):
+        src = sources.get(name)
+        return tuple(src[0].shape(src[1])) if src else None
+
+    f = next(iter(sources.values()))[0] if sources else None
+    where = f.path if f else "<no weights>"
+    blocks = {int(m.group(1)) for n in sources if (m := re.match(r"transformer_blocks\.(\d+)\.", n))}
+    img_in, q_norm, txt_in, proj_out = (shape(n) for n in ("img_in.weight", "transformer_blocks.0.attn.norm_q.weight",
+                                                           "txt_in.weight", "proj_out.weight"))
+    checks = [("num_layers", config.num_layers, max(blocks) + 1 if blocks else 0, "transformer_blocks.N"),
+              ("inner dim (heads x head dim)", config.inner_dim, img_in and img_in[0], "img_in.weight"),
+              ("in_channels", config.in_channels, img_in and img_in[1], "img_in.weight"),
+              ("attention_head_dim", config.attention_head_dim, q_norm and q_norm[0], "transformer_blocks.0.attn.norm_q"),
+              ("joint_attention_dim", config.joint_attention_dim, txt_in and txt_in[1], "txt_in.weight"),
+              ("out_channels x patch_size^2", config.out_channels * config.patch_size ** 2,
+               proj_out and proj_out[0], "proj_out.weight")]
+    bad = [f"{what} is {want} in the config but {got} in the weights ({key})"
+           for what, want, got, key in checks if got is not None and want != got]
+    if bad:
+        raise CheckpointError(f"{where}: the transformer config does not match the weights: " + "; ".join(bad))
+
+
 def _scaled_axes(head_dim: int) -> tuple[int, int, int]:
     """MSRoPE split for a non-official head size: the official 1/8, 7/16, 7/16 proportions, kept even."""
     t = max(2, round(head_dim / 8 / 2) * 2)
@@ -137,10 +162,13 @@ def transformer_sources(path: str, config: TransformerConfig | None = None):
     sources = {n: (f, prefix + n) for n in names}
     markers = [n for n in names if n in MARKERS]
     if config is None:
-        meta = f.metadata.get("config")
-        config = (TransformerConfig.from_dict(json.loads(meta)) if meta else
-                  infer_transformer_config({n: f.shape(prefix + n) for n in names}, markers))
-        if meta:
+        meta = f.metadata_json("config")
+        try:
+            config = (TransformerConfig.from_dict(meta) if isinstance(meta, dict) else
+                      infer_transformer_config({n: f.shape(prefix + n) for n in names}, markers))
+        except (TypeError, ValueError) as e:  # CheckpointError included: say which file
+            raise CheckpointError(f"{path}: {e}" if not str(e).startswith(path) else str(e)) from None
+        if isinstance(meta, dict):
             config = config.replace(**{MARKERS[m]: True for m in markers})
     if "txt_norm.weight" not in sources:
         raise CheckpointError(f"{path}: not a Qwen-Image transformer (no txt_norm.weight{' under ' + prefix if prefix else ''})")
@@ -158,6 +186,7 @@ def load_transformer(path, device=None, dtype=None, config: TransformerConfig | 
     memory-mapped file, so peak memory stays near the weights' size. Errors name the file and the key. The
     result is in eval mode with gradients off."""
     config, sources = transformer_sources(path, config)
+    check_transformer_config(config, sources)
     quant = {n: sources.pop(n) for n in [n for n in sources if is_quant_key(n)]}
     _check_quant_formats(quant)
     stored_fp8 = {n[: -len(".weight")] for n, (f, k) in sources.items()

@@ -302,7 +302,10 @@ def _parse(label: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str
             continue
         group[role] = key
 
-    peft = _PeftConfig.from_metadata(metadata)
+    try:
+        peft = _PeftConfig.from_metadata(metadata)
+    except ValueError as e:
+        raise LoraError(f"{label}: metadata 'lora_adapter_metadata': {e}") from None
     patches = []
     for (flat, module), roles in groups.values():
         patch = _build_patch(label, flat, module, roles, tensors, peft, unmatched)
@@ -459,8 +462,20 @@ class _PeftConfig:
         alpha = cfg.get("lora_alpha", cfg.get("alpha"))
         if not isinstance(r, (int, float)) or not isinstance(alpha, (int, float)):
             return None
-        return cls(float(r), float(alpha), bool(cfg.get("use_rslora", False)), dict(cfg.get("rank_pattern") or {}),
-                   dict(cfg.get("alpha_pattern") or {}))
+        patterns = {}
+        for name in ("rank_pattern", "alpha_pattern"):
+            patterns[name] = cfg.get(name) or {}
+            if not isinstance(patterns[name], dict):
+                raise ValueError(f"{name} is not a JSON object")
+        # a crafted rank of 0, NaN or inf would make every scale NaN or inf: refuse it by name
+        ranks = [("r", r), *((f"rank_pattern[{k!r}]", v) for k, v in patterns["rank_pattern"].items())]
+        alphas = [("lora_alpha", alpha), *((f"alpha_pattern[{k!r}]", v) for k, v in patterns["alpha_pattern"].items())]
+        for what, v in ranks + alphas:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+                    (v <= 0 and (what, v) in ranks):
+                raise ValueError(f"{what} = {v!r} is not a usable number")
+        return cls(float(r), float(alpha), bool(cfg.get("use_rslora", False)), dict(patterns["rank_pattern"]),
+                   dict(patterns["alpha_pattern"]))
 
     @staticmethod
     def _lookup(patterns: dict, module: str, default: float) -> float:

@@ -407,7 +407,7 @@ def _as_config(config):
     p = p / "config.json" if p.is_dir() else p
     try:
         return Qwen2_5_VLConfig.from_dict(json.loads(p.read_text(encoding="utf-8")))
-    except (OSError, json.JSONDecodeError) as e:
+    except Exception as e:  # OSError, bad JSON, and transformers' config validation (its own types)
         raise TextEncoderLoadError(f"{p}: cannot read the text encoder config: {e}") from None
 
 
@@ -578,9 +578,17 @@ def _load_text_encoder_model(path: Path, device, dtype, config):
         sources = _single_file_sources(path)
         if config is None:  # a file we wrote may carry its config (ComfyUI files do not: Qwen2.5-VL-7B)
             config = _embedded_config(path, next(iter(sources.values()))[0].metadata)
-        cfg = _as_config(config)
+            if config is not None and not isinstance(config, dict):
+                raise TextEncoderLoadError(f"{path}: metadata {CONFIG_METADATA_KEY!r} is not a JSON object")
+        try:
+            cfg = _as_config(config)
+        except TextEncoderLoadError:
+            raise
+        except Exception as e:  # transformers' config validation raises its own types
+            raise TextEncoderLoadError(f"{path}: the text encoder config is not usable: {e}") from None
     else:
         raise TextEncoderLoadError(f"{path}: no such file or folder")
+    check_text_encoder_config(cfg, sources)
     if dtype is None:
         dtype = _default_dtype(sources)
     model = _build_empty_model(cfg)
@@ -588,6 +596,30 @@ def _load_text_encoder_model(path: Path, device, dtype, config):
     for f, _ in sources.values():
         f.close()
     return model.eval().requires_grad_(False)
+
+
+def check_text_encoder_config(cfg, sources: dict) -> None:
+    """Refuse a config (config.json or file metadata) that the weights contradict, before building anything: a
+    crafted num_hidden_layers=20000 would otherwise build 20000 layers only to fail on missing keys."""
+    def count(prefix):
+        found = {n[len(prefix):].split(".")[0] for n in sources if n.startswith(prefix)}
+        return max((int(i) for i in found if i.isdigit()), default=-1) + 1 if found else None
+
+    def dim(name, axis):
+        src = sources.get(name)
+        return src[0].shape(src[1])[axis] if src else None
+
+    text, vision = cfg.text_config, cfg.vision_config
+    checks = [("text_config.num_hidden_layers", text.num_hidden_layers, count("language_model.layers.")),
+              ("text_config.hidden_size", text.hidden_size, dim("language_model.embed_tokens.weight", 1)),
+              ("text_config.vocab_size", text.vocab_size, dim("language_model.embed_tokens.weight", 0)),
+              ("vision_config.depth", vision.depth, count("visual.blocks.")),
+              ("vision_config.hidden_size", vision.hidden_size, dim("visual.patch_embed.proj.weight", 0))]
+    bad = [f"{what} is {want} in the config but {got} in the weights" for what, want, got in checks
+           if got is not None and want != got]
+    if bad:
+        where = next(iter(sources.values()))[0].path
+        raise TextEncoderLoadError(f"{where}: the text encoder config does not match the weights: " + "; ".join(bad))
 
 
 # ---------------------------------------------------------------------------------------- tokenizer lookups

@@ -515,6 +515,29 @@ def vae_sources(path, config: VAEConfig | None = None) -> tuple[VAEConfig, dict]
     return config, sources
 
 
+def check_vae_config(config: VAEConfig, sources: dict) -> None:
+    """Refuse a config the weights contradict before building anything (a crafted config.json with 20000 res
+    blocks would otherwise build them all only to fail on missing keys)."""
+    shapes = {n: tuple(f.shape(k)) for n, (f, k) in sources.items()}
+    where = next(iter(sources.values()))[0].path if sources else "<no weights>"
+    conv_in, pq = shapes.get("encoder.conv_in.weight"), shapes.get("post_quant_conv.weight")
+    ups = sorted({int(n.split(".")[2]) for n in shapes if n.startswith("decoder.up_blocks.")})
+    res = {n.split(".")[4] for n in shapes if n.startswith("decoder.up_blocks.0.resnets.")}
+    checks = [("base_dim", config.base_dim, conv_in and conv_in[0], "encoder.conv_in.weight"),
+              ("input_channels", config.input_channels, conv_in and conv_in[1], "encoder.conv_in.weight"),
+              ("z_dim", config.z_dim, pq and pq[0], "post_quant_conv.weight"),
+              ("len(dim_mult)", len(config.dim_mult), len(ups) if ups else None, "decoder.up_blocks.N"),
+              ("num_res_blocks", config.num_res_blocks, len(res) - 1 if res else None, "decoder.up_blocks.0.resnets.N")]
+    if conv_in and len(ups) == len(config.dim_mult):
+        mult = tuple(shapes.get(f"decoder.up_blocks.{i}.resnets.0.conv1.weight", (0,))[0] // conv_in[0]
+                     for i in ups[::-1])
+        checks.append(("dim_mult", tuple(config.dim_mult), mult, "decoder.up_blocks.N.resnets.0.conv1.weight"))
+    bad = [f"{what} is {want} in the config but {got} in the weights ({key})"
+           for what, want, got, key in checks if got is not None and want != got]
+    if bad:
+        raise CheckpointError(f"{where}: the VAE config does not match the weights: " + "; ".join(bad))
+
+
 def load_vae(path, device=None, dtype=None, config: VAEConfig | None = None) -> QwenImageVAE:
     """Load the VAE from a diffusers model folder (or its vae/ folder; sharded or not), a diffusers-named single
     file, the ComfyUI/Wan single file (qwen_image_vae.safetensors), or a full checkpoint whose VAE keys carry
@@ -522,6 +545,7 @@ def load_vae(path, device=None, dtype=None, config: VAEConfig | None = None) -> 
     Built on the meta device, each tensor assigned from the memory map in `dtype` (default: as stored) on
     `device` (default: CPU). Errors name the file and the key. Eval mode, gradients off."""
     config, sources = vae_sources(path, config)
+    check_vae_config(config, sources)
     with torch.device("meta"):
         model = QwenImageVAE(config)
     assign_weights(model, sources, dtype=dtype, device=device, what="VAE")

@@ -7,19 +7,24 @@ integrity) before the first tensor is read, so a bad file fails cleanly instead 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
+# The rest of safetensors' dtypes (sub-byte floats, complex) have no torch equivalent we could load into.
+_DTYPES.update({name: getattr(torch, attr) for name, attr in (
+    ("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"), ("F8_E8M0", "float8_e8m0fnu"),
+    ("F8_E4M3FNUZ", "float8_e4m3fnuz"), ("F8_E5M2FNUZ", "float8_e5m2fnuz")) if hasattr(torch, attr)})
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -56,9 +61,22 @@ class SafetensorsFile:
 
     def get(self, key: str) -> torch.Tensor:
         """The tensor as stored. It may be a copy-on-write view of the memory map (zero-copy)."""
-        if self._handle is None:
-            self._handle = safe_open(self.path, framework="pt", device="cpu")
-        return self._handle.get_tensor(key)
+        try:
+            if self._handle is None:
+                self._handle = safe_open(self.path, framework="pt", device="cpu")
+            return self._handle.get_tensor(key)
+        except SafetensorError as e:  # what our header check does not cover: named here, for every loader
+            raise CheckpointError(f"{self.path}: cannot read tensor {key!r}: {e}") from None
+
+    def metadata_json(self, key: str):
+        """A JSON value stored as text in the header's metadata (a config), or None when absent."""
+        raw = self.metadata.get(key)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{self.path}: metadata {key!r} is not valid JSON ({e})") from None
 
     def done_with(self, tensor: torch.Tensor, every: int = 2 ** 29) -> None:
         """Note that a tensor read from the map has been copied elsewhere (cast or moved). Pages once touched
@@ -94,17 +112,36 @@ def _read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: not a safetensors file (__metadata__ must map names to strings)")
     data_len = size - 8 - n
-    infos = {}
+    infos, spans = {}, []
     for key, entry in header.items():
         try:
             dtype, shape, (start, end) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
+            start, end = int(start), int(end)
         except (TypeError, KeyError, ValueError):
             raise CheckpointError(f"{path}: malformed header entry for key {key!r}") from None
+        if dtype not in _DTYPES:
+            raise CheckpointError(f"{path}: tensor {key!r} has dtype {dtype!r}, which cannot be loaded "
+                                  f"(known: {', '.join(_DTYPES)})")
         if end > data_len:
             raise CheckpointError(
                 f"{path}: truncated file: tensor {key!r} ends at byte {end} but only {data_len} data bytes are present")
+        if min(shape, default=0) < 0 or not 0 <= start <= end or \
+                end - start != math.prod(shape) * _DTYPES[dtype].itemsize:
+            raise CheckpointError(f"{path}: tensor {key!r}: offsets {[start, end]} do not hold a {dtype} tensor of "
+                                  f"shape {list(shape)}")
         infos[key] = TensorInfo(dtype, shape)
+        spans.append((start, end, key))
+    pos = 0
+    for start, end, key in sorted(spans):  # safetensors' rule: the tensors tile the data, in order, no gap
+        if start != pos:
+            raise CheckpointError(f"{path}: tensor {key!r} starts at byte {start}, expected {pos} (overlapping or "
+                                  "inconsistent offsets)")
+        pos = end
+    if pos != data_len:
+        raise CheckpointError(f"{path}: {data_len - pos} data bytes after the last tensor (inconsistent offsets)")
     return infos, metadata
 
 

@@ -1,0 +1,193 @@
+"""Hostile checkpoint files (issue 17 items 4 and 7): a config that contradicts the weights is refused before any
+model is built, and a damaged safetensors file or bad metadata JSON is a CheckpointError naming the file, for
+every loader (transformer, VAE, text encoder, LoRA)."""
+import json
+import re
+import struct
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from qwenimage.qwenimage_core import QwenImageTransformer, preset, save_comfyui_transformer, save_transformer
+from qwenimage.qwenimage_core import checkpoint as ckpt
+from qwenimage.qwenimage_core import text_encoder as te_mod
+from qwenimage.qwenimage_core import vae as vae_mod
+from qwenimage.qwenimage_core.checkpoint import load_transformer
+from qwenimage.qwenimage_core.lora import LoraError, read_lora, save_lora
+from qwenimage.qwenimage_core.text_encoder import CONFIG_METADATA_KEY, load_text_encoder_model, save_text_encoder_file
+from qwenimage.qwenimage_core.vae import QwenImageVAE, VAEConfig, load_vae, save_vae
+from qwenimage.qwenimage_core.weights import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return QwenImageTransformer(preset("tiny"))
+
+
+def _tensors(path):
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+
+
+def _never_built(monkeypatch, module, name):
+    def refuse(*a, **k):
+        raise AssertionError(f"{name} was built from a config the weights contradict")
+    monkeypatch.setattr(module, name, refuse)
+
+
+# ------------------------------------------------------------------------------------ crafted configs (item 4)
+
+def test_transformer_metadata_config_is_checked_before_building(tmp_path, tiny, monkeypatch):
+    cfg = tiny.config.to_dict()
+    cfg["num_layers"] = 20000
+    path = tmp_path / "crafted.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path), {"config": json.dumps(cfg)})
+    _never_built(monkeypatch, ckpt, "QwenImageTransformer")
+    with pytest.raises(CheckpointError, match=r"crafted\.safetensors: .*num_layers is 20000 in the config but 2"):
+        load_transformer(path)
+
+
+def test_transformer_folder_config_is_checked_before_building(tmp_path, tiny, monkeypatch):
+    save_transformer(tiny, tmp_path / "transformer")
+    cfg = json.loads((tmp_path / "transformer" / "config.json").read_text())
+    cfg.update(num_attention_heads=4000)
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps(cfg))
+    _never_built(monkeypatch, ckpt, "QwenImageTransformer")
+    with pytest.raises(CheckpointError, match=r"diffusion_pytorch_model\.safetensors: .*inner dim"):
+        load_transformer(tmp_path)
+
+
+def test_vae_folder_config_is_checked_before_building(tmp_path, monkeypatch):
+    save_vae(QwenImageVAE(VAEConfig.tiny()), tmp_path / "vae")
+    load_vae(tmp_path)  # the honest folder loads
+    cfg = json.loads((tmp_path / "vae" / "config.json").read_text())
+    cfg.update(num_res_blocks=20000)
+    (tmp_path / "vae" / "config.json").write_text(json.dumps(cfg))
+    _never_built(monkeypatch, vae_mod, "QwenImageVAE")
+    with pytest.raises(CheckpointError, match=r"num_res_blocks is 20000 in the config but 1"):
+        load_vae(tmp_path)
+
+
+def test_text_encoder_metadata_config_is_checked_before_building(tmp_path, monkeypatch):
+    from _tiny import tiny_text_encoder
+
+    good = tmp_path / "te.safetensors"
+    save_text_encoder_file(tiny_text_encoder(512), good)
+    tensors, meta = _tensors(good)
+    cfg = json.loads(meta[CONFIG_METADATA_KEY])
+    cfg["text_config"]["num_hidden_layers"] = 20000
+    cfg["text_config"].pop("layer_types", None)
+    save_file(tensors, str(tmp_path / "crafted.safetensors"), {CONFIG_METADATA_KEY: json.dumps(cfg)})
+    _never_built(monkeypatch, te_mod, "_build_empty_model")
+    with pytest.raises(CheckpointError, match=r"crafted\.safetensors: .*num_hidden_layers is 20000 .* but 2"):
+        load_text_encoder_model(tmp_path / "crafted.safetensors")
+    save_file(tensors, str(tmp_path / "badjson.safetensors"), {CONFIG_METADATA_KEY: "{oops"})
+    with pytest.raises(CheckpointError, match=r"badjson\.safetensors: metadata"):
+        load_text_encoder_model(tmp_path / "badjson.safetensors")
+
+
+@pytest.mark.parametrize("peft", [{"r": 0, "lora_alpha": 4}, {"r": 4, "lora_alpha": float("inf")},
+                                  {"r": 4, "lora_alpha": 4, "rank_pattern": {"to_q": float("nan")}}])
+def test_lora_metadata_numbers_are_checked(tmp_path, peft):
+    path = tmp_path / "l.safetensors"
+    save_lora(path, {"transformer_blocks.0.attn.to_q": (torch.randn(4, 32), torch.randn(32, 4), 4.0)})
+    tensors, _ = _tensors(path)
+    save_file(tensors, str(path), {"lora_adapter_metadata": json.dumps(peft)})
+    with pytest.raises(LoraError, match=r"l\.safetensors: metadata 'lora_adapter_metadata': .*not a usable number"):
+        read_lora(path)
+
+
+def test_bad_metadata_json_names_the_file(tmp_path, tiny):
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path), {"config": "{not json"})
+    with pytest.raises(CheckpointError, match=r"m\.safetensors: metadata 'config' is not valid JSON"):
+        load_transformer(path)
+
+
+# --------------------------------------------------------------------------------- damaged files (item 7)
+
+def _rewrite_header(src, dst, change):
+    raw = open(src, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    change(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    open(dst, "wb").write(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
+def _first_key(header):
+    return sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])[0]
+
+
+def _overlap(header):
+    """The last tensor moved to byte 0, on top of the first (its length kept)."""
+    keys = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    start, end = header[keys[-1]]["data_offsets"]
+    header[keys[-1]]["data_offsets"] = [0, end - start]
+
+
+DAMAGE = {
+    "unknown dtype": (lambda h: h[_first_key(h)].update(dtype="Q4"), r"dtype 'Q4'"),
+    "overlapping offsets": (_overlap, r"inconsistent offsets"),
+    "size mismatch": (lambda h: h[_first_key(h)].update(shape=[1, 1, 1, 1, 3]), r"do not hold"),
+    "metadata not strings": (lambda h: h.update(__metadata__={"format": 5}), r"__metadata__"),
+}
+
+
+def _loaders(tmp_path, tiny):
+    """(name, good file, loader) for each component."""
+    from _tiny import tiny_text_encoder
+
+    out = []
+    save_comfyui_transformer(tiny, tmp_path / "dit.safetensors")
+    out.append(("transformer", tmp_path / "dit.safetensors", load_transformer))
+    vae = QwenImageVAE(VAEConfig.tiny())
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(tmp_path / "vae.safetensors"))
+    out.append(("vae", tmp_path / "vae.safetensors", load_vae))
+    save_text_encoder_file(tiny_text_encoder(512), tmp_path / "te.safetensors")
+    out.append(("text encoder", tmp_path / "te.safetensors", load_text_encoder_model))
+    save_lora(tmp_path / "lora.safetensors", {"transformer_blocks.0.attn.to_q": (torch.randn(4, 32),
+                                                                                 torch.randn(32, 4), 4.0)})
+    out.append(("lora", tmp_path / "lora.safetensors", read_lora))
+    return out
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_safetensors_are_named_errors_for_every_loader(tmp_path, tiny, damage):
+    change, pattern = DAMAGE[damage]
+    for name, good, load in _loaders(tmp_path, tiny):
+        bad = good.with_name("bad_" + good.name)
+        _rewrite_header(good, bad, change)
+        with pytest.raises(CheckpointError if name != "lora" else LoraError) as e:
+            load(bad)
+        assert str(bad) in str(e.value), (name, str(e.value))
+        assert e.type.__module__.startswith("qwenimage"), (name, e.type)
+        assert re.search(pattern, str(e.value)), (name, str(e.value))
+
+
+def test_trailing_bytes_are_a_named_error(tmp_path, tiny):
+    save_comfyui_transformer(tiny, tmp_path / "dit.safetensors")
+    with open(tmp_path / "dit.safetensors", "ab") as fh:
+        fh.write(b"\0" * 16)
+    with pytest.raises(CheckpointError, match=r"dit\.safetensors: 16 data bytes after the last tensor"):
+        load_transformer(tmp_path / "dit.safetensors")
+
+
+def test_a_tensor_read_error_names_the_file(tmp_path, tiny, monkeypatch):
+    """Whatever safetensors refuses at read time reaches the caller as a CheckpointError naming file and key."""
+    from safetensors import SafetensorError
+
+    from qwenimage.qwenimage_core import weights
+
+    class Broken:
+        def get_tensor(self, key):
+            raise SafetensorError("simulated")
+
+    save_comfyui_transformer(tiny, tmp_path / "dit.safetensors")
+    monkeypatch.setattr(weights, "safe_open", lambda *a, **k: Broken())
+    with pytest.raises(CheckpointError, match=r"dit\.safetensors: cannot read tensor .*simulated"):
+        load_transformer(tmp_path / "dit.safetensors")
