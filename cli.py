@@ -8,10 +8,98 @@ import tempfile
 import time
 
 
-def cmd_inspect(a) -> int:
-    """Say what a checkpoint is, and load it to prove it."""
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line (and exit code 2), not the usage block: a script's log shows what was wrong."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# Every dtype the command line takes: name -> (compute dtype, weight dtype); fp8 keeps the transformer's linear
+# weights in float8_e4m3fn and computes in bfloat16, as the loader nodes' fp8_e4m3fn.
+DTYPE_NAMES = {"float32": ("float32", None), "fp32": ("float32", None),
+               "bfloat16": ("bfloat16", None), "bf16": ("bfloat16", None),
+               "float16": ("float16", None), "fp16": ("float16", None), "half": ("float16", None),
+               "fp8": ("bfloat16", "float8_e4m3fn"), "float8_e4m3fn": ("bfloat16", "float8_e4m3fn"),
+               "fp8_e4m3fn": ("bfloat16", "float8_e4m3fn")}
+
+
+def parse_dtype(name: str):
+    """'bf16' -> (torch.bfloat16, None); 'fp8' -> (torch.bfloat16, torch.float8_e4m3fn). For argparse's type=."""
     import torch
 
+    if name.lower() not in DTYPE_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {name!r}; use one of {', '.join(DTYPE_NAMES)}")
+    compute, weights = DTYPE_NAMES[name.lower()]
+    return getattr(torch, compute), getattr(torch, weights) if weights else None
+
+
+def parse_device(name: str) -> str:
+    """A torch device this machine has ('cpu', 'cuda', 'cuda:1', 'mps'), checked before anything loads."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"device {name!r}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"device {name!r}: MPS is not available on this machine")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"device {name!r}: use cpu, cuda or cuda:N")
+    return name
+
+
+def finite_float(text: str) -> float:
+    """A float that is a number: inf and nan would run and write a flat image."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return v
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{v} is not positive")
+    return v
+
+
+def unit_float(text: str) -> float:
+    v = finite_float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{v} is not between 0 and 1")
+    return v
+
+
+def check_output(path: str) -> None:
+    """Refuse an output path we could not write, before minutes of loading and sampling: the folder is created
+    and a temporary file written and removed there."""
+    from .qwenimage_core.images import create_temp
+
+    if os.path.isdir(path):
+        raise ValueError(f"output {path}: is a folder; give a file name such as {os.path.join(path, 'image.png')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = create_temp(folder, ".png")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ValueError(f"output {path}: cannot write there ({e.strerror or e})") from None
+
+
+def cmd_inspect(a) -> int:
+    """Say what a checkpoint is, and load it to prove it."""
     from .qwenimage_core import load_transformer
     from .qwenimage_core.checkpoint import transformer_sources
 
@@ -22,7 +110,8 @@ def cmd_inspect(a) -> int:
         print(f"  {k}: {v}")
     if a.load:
         t0 = time.perf_counter()
-        model = load_transformer(a.path, dtype=getattr(torch, a.dtype) if a.dtype else None)
+        dtype, weight_dtype = a.dtype or (None, None)
+        model = load_transformer(a.path, dtype=dtype, weight_dtype=weight_dtype)
         n = sum(p.numel() for p in model.parameters())
         print(f"loaded {n:,} parameters as {model.dtype} in {time.perf_counter() - t0:.1f} s")
     return 0
@@ -73,18 +162,22 @@ def cmd_generate(a) -> int:
     import torch
     from tqdm import tqdm
 
-    from .qwenimage_core.images import load_image, save_png
+    from .qwenimage_core.images import check_size, load_image, save_png
     from .qwenimage_core.pipeline import load_pipeline
 
     width, height = _size(a)
+    if width and height:
+        check_size(width, height)
+    check_output(a.output)
     refs = [load_image(p, "reference image") for p in a.reference or []]
     image = load_image(a.image, "image") if a.image else None
     mask = load_image(a.mask, "mask") if a.mask else None
     model = a.model[0] if len(a.model) == 1 else a.model
     if len(a.model) not in (1, 3):
         raise ValueError("give a diffusers model folder, or three files: diffusion model, text encoder, VAE")
-    dtype = getattr(torch, a.dtype) if a.dtype else None
-    pipe = load_pipeline(model, device=a.device, dtype=dtype, edit_template=a.edit_template)
+    dtype, weight_dtype = a.dtype or (None, None)
+    pipe = load_pipeline(model, device=a.device, dtype=dtype, weight_dtype=weight_dtype,
+                         edit_template=a.edit_template)
     bar = tqdm(total=None, desc="sampling", unit="step", disable=a.quiet)
 
     def progress(i, total, latents, x0):
@@ -117,22 +210,44 @@ def _a1111(s) -> str:
 
 
 def cmd_download(a) -> int:
-    from .qwenimage_core.hub import download
+    """Into models/diffusers/<Name>/ by default, where `qwenimage serve` and ComfyUI's diffusers loader look."""
+    from pathlib import Path
 
-    print(download(a.name, a.dir, a.revision))
+    from .nodes.host import models_dir
+    from .qwenimage_core.hub import download, repo_id
+
+    if a.cache and a.dir:
+        raise ValueError("give --dir or --cache, not both")
+    looked_in = (models_dir() / "diffusers").resolve()
+
+    def warn_if_elsewhere(path):
+        if looked_in not in Path(path).resolve().parents:
+            print(f"warning: {path} is outside {looked_in}, where qwenimage serve lists model folders; use it by "
+                  "path, move it there, or serve with --models-dir", file=sys.stderr)
+
+    dest = None if a.cache else Path(a.dir or looked_in / repo_id(a.name).split("/")[-1])
+    if dest is not None:  # said before a download of tens of gigabytes, not after
+        warn_if_elsewhere(dest)
+    where = download(a.name, dest, a.revision)
+    if dest is None:
+        warn_if_elsewhere(where)
+    print(where)
     return 0
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="qwenimage", description="Qwen-Image: text-to-image and editing")
+    ap = Parser(prog="qwenimage", description="Qwen-Image: text-to-image and editing")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="describe (and optionally load) a transformer checkpoint")
     p.add_argument("path", help="diffusers model folder, transformer folder, or ComfyUI .safetensors file")
     p.add_argument("--load", action="store_true", help="also load the weights")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: as stored)")
+    p.add_argument("--dtype", default=None, type=parse_dtype,
+                   help="float32/fp32, bfloat16/bf16, float16/fp16, fp8 (default: as stored)")
     p.set_defaults(fn=cmd_inspect)
+    from .qwenimage_core.config import PRESETS
+
     p = sub.add_parser("selfcheck", help="round-trip a small model through both checkpoint layouts")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.set_defaults(fn=cmd_selfcheck)
 
     from .qwenimage_core.images import ASPECT_PRESETS
@@ -143,30 +258,34 @@ def main(argv=None) -> int:
                                             "text encoder, VAE (in that order)")
     p.add_argument("-p", "--prompt", required=True)
     p.add_argument("-n", "--negative-prompt", default=None, help="used when --cfg > 1 (default ' ')")
-    p.add_argument("-W", "--width", type=int, default=None)
-    p.add_argument("-H", "--height", type=int, default=None)
+    p.add_argument("-W", "--width", type=positive_int, default=None)
+    p.add_argument("-H", "--height", type=positive_int, default=None)
     p.add_argument("--aspect", choices=sorted(ASPECT_PRESETS), help="an official size preset, e.g. 16:9 = 1664x928")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg", type=float, default=4.0, help="true CFG scale; 1 turns guidance off")
-    p.add_argument("--shift", type=float, default=None,
+    p.add_argument("--steps", type=positive_int, default=50)
+    p.add_argument("--cfg", type=finite_float, default=4.0, help="true CFG scale; 1 turns guidance off")
+    p.add_argument("--shift", type=finite_float, default=None,
                    help="fixed schedule shift as in ComfyUI (e.g. 3.1); default: the official dynamic schedule")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-r", "--reference", action="append", help="reference image for an edit (repeat for up to 3)")
     p.add_argument("-i", "--image", help="input image for image-to-image or inpainting")
-    p.add_argument("--strength", type=float, default=0.8, help="image-to-image strength (1 = ignore the image)")
+    p.add_argument("--strength", type=unit_float, default=0.8, help="image-to-image strength (1 = ignore the image)")
     p.add_argument("-m", "--mask", help="inpainting mask, white = repaint (the --image's size)")
-    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--num-images", type=positive_int, default=1)
     p.add_argument("--edit-template", choices=["edit", "edit_plus"], default=None,
                    help="which edit model (default: from model_index.json)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="bfloat16, float16, float32 (default: bfloat16 on GPU)")
+    p.add_argument("--device", default=None, type=parse_device, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--dtype", default=None, type=parse_dtype,
+                   help="bfloat16/bf16, float16/fp16, float32/fp32, fp8 (fp8 weights, bf16 compute; default: "
+                        "bfloat16 on GPU)")
     p.add_argument("-o", "--output", default="qwenimage.png")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("download", help="fetch an official model folder from the Hugging Face hub")
     p.add_argument("name", help=f"one of {', '.join(MODELS)}, or a hub id")
-    p.add_argument("--dir", default=None, help="destination folder (default: the hub cache)")
+    p.add_argument("--dir", default=None, help="destination folder (default: models/diffusers/<Name>, where "
+                                               "`qwenimage serve` looks; models/ is $QWENIMAGE_MODELS_DIR if set)")
+    p.add_argument("--cache", action="store_true", help="download into the Hugging Face hub cache instead")
     p.add_argument("--revision", default=None)
     p.set_defaults(fn=cmd_download)
 
@@ -178,12 +297,16 @@ def main(argv=None) -> int:
     from .qwenimage_core import CheckpointError
 
     from .qwenimage_core.hub import DownloadError
+    from .training.guards import TrainingStopped
 
     try:
         return a.fn(a)
     except (CheckpointError, DownloadError, FileNotFoundError, ValueError) as e:  # incl. config and data errors
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (OSError, TrainingStopped) as e:  # a full disk, a diverged run: said in one line, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import json
 import mimetypes
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -240,7 +239,9 @@ def save_image_path(filename_prefix: str, output_dir, width: int = 0, height: in
 def _write_png_new(img: Image.Image, folder: str, name_for, counter: int, metadata, compress_level: int):
     """Write atomically under the first free `name_for(counter)`: a temporary file linked into place, so neither a
     half-written PNG nor an overwrite of an existing file can happen. Returns (file name, next counter)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    from ..qwenimage_core.images import create_temp  # 0666 less the umask, as ComfyUI's saves (mkstemp: 0600)
+
+    fd, tmp = create_temp(folder, ".png")
     try:
         with os.fdopen(fd, "wb") as fh:
             img.save(fh, format="PNG", pnginfo=metadata, compress_level=compress_level)

@@ -117,7 +117,7 @@ WHAT_GOES_WHERE = {
     "vae": "qwen_image_vae.safetensors",
     "loras": "Qwen-Image LoRAs (kohya, diffusers/PEFT, ComfyUI, LyCORIS, Lightning)",
     "diffusers": "whole diffusers model folders, e.g. diffusers/Qwen-Image/ (qwenimage download qwen-image "
-                 "--dir ...)",
+                 "puts it there)",
 }
 
 

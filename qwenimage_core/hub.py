@@ -41,4 +41,4 @@ def download(name: str, dest: str | os.PathLike | None = None, revision: str | N
     except Exception as e:  # offline, DNS, 401/404, disk full: all reach the user as one clear line
         raise DownloadError(f"could not download {repo} from the Hugging Face hub: {type(e).__name__}: {e}. "
                             "Check the network (HF_HUB_OFFLINE must be unset) and the name; gated repos need "
-                            "`huggingface-cli login`.") from e
+                            "`hf auth login`.") from e

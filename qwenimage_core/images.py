@@ -82,11 +82,25 @@ def load_image(path, what: str = "image") -> Image.Image:
         raise ValueError(f"{what} {path}: not a readable image ({e})") from e
 
 
+def create_temp(folder, suffix: str = "") -> tuple[int, str]:
+    """(fd, path) of a new temporary file in `folder`, open for writing, with the mode a plain open() gives
+    (0666 less the umask: 0644 under umask 022, as ComfyUI's outputs). tempfile.mkstemp makes 0600, which the
+    rename into place would keep."""
+    import os
+    import secrets
+
+    while True:
+        path = os.path.join(os.fspath(folder), f".tmp-{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), path
+        except FileExistsError:
+            continue
+
+
 def save_png(image: Image.Image, path, text: dict[str, str]) -> None:
     """Write a PNG with `text` in its tEXt chunks, atomically: a temporary file in the same folder renamed into
     place, so an interrupted save never leaves a truncated picture under the final name."""
     import os
-    import tempfile
 
     from PIL import PngImagePlugin
 
@@ -95,7 +109,7 @@ def save_png(image: Image.Image, path, text: dict[str, str]) -> None:
         info.add_text(k, v)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    fd, tmp = create_temp(folder, ".png")
     try:
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format="PNG", pnginfo=info)
