@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -78,6 +79,7 @@ class TrainConfig:
     grad_accum: int = 1
     mixed_precision: str = "no"       # no | bf16 | fp16
     max_grad_norm: float = 1.0        # 0: no clipping
+    max_nonfinite_steps: int = 3      # stop after this many steps in a row with an inf/NaN loss (each is skipped)
     seed: int = 0
     ema_decay: float = 0.0            # 0: no EMA
     distributed: dict = field(default_factory=dict)  # passed to accelerate (e.g. find_unused_parameters)
@@ -161,7 +163,9 @@ CHOICES = {
 }
 POSITIVE = ("data.batch_size", "data.area", "data.min_size", "optimizer.lr", "train.steps", "train.grad_accum",
             "lora.rank", "lora.alpha", "output.save_every", "output.keep_last", "logging.every",
-            "validation.width", "validation.height", "validation.steps", "objective.shift", "objective.logit_std")
+            "validation.width", "validation.height", "validation.steps", "objective.shift", "objective.logit_std",
+            "optimizer.eps", "train.max_nonfinite_steps")
+NON_NEGATIVE = ("train.max_grad_norm", "optimizer.weight_decay", "schedule.warmup", "train.seed")
 
 
 def _build(cls, raw: dict, where: str):
@@ -207,6 +211,16 @@ def validate(cfg: Config) -> Config:
     for key in POSITIVE:
         if not flat[key] > 0:
             raise ConfigError(f"{key}: must be positive, got {flat[key]!r}")
+    for key in NON_NEGATIVE:
+        if not flat[key] >= 0:
+            raise ConfigError(f"{key}: must be 0 or more, got {flat[key]!r}"
+                              + (" (0: no clipping)" if key == "train.max_grad_norm" else ""))
+    betas = cfg.optimizer.betas
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                  for b in betas):
+        raise ConfigError(f"optimizer.betas: expected two numbers in [0, 1) (e.g. [0.9, 0.999]), got {betas!r}")
+    if not 0.0 <= cfg.schedule.min_lr_ratio <= 1.0:
+        raise ConfigError(f"schedule.min_lr_ratio: must be in [0, 1], got {cfg.schedule.min_lr_ratio}")
     if bool(cfg.model.preset) == bool(cfg.model.path):
         raise ConfigError("model: give exactly one of model.preset (pretraining from scratch) and model.path "
                           "(fine-tuning a checkpoint)")
@@ -231,6 +245,19 @@ def validate(cfg: Config) -> Config:
     if cfg.validation.width % 16 or cfg.validation.height % 16:
         raise ConfigError("validation.width/height: must be multiples of 16")
     return cfg
+
+
+def check_finite(value, path: str = "") -> None:
+    """Refuse inf and nan anywhere in the raw config (TOML reads `inf` and `nan` as floats): `optimizer.lr = inf`
+    trained to NaN weights and exported them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path or 'config'}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_finite(v, f"{path}[{i}]")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -265,4 +292,5 @@ def load_config(source, overrides=()) -> Config:
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {k} is not a section")
         node[keys[-1]] = value
+    check_finite(raw)
     return validate(_build(Config, raw, ""))
