@@ -751,3 +751,22 @@ def test_real_workflow_caches_models_across_seeds(tmp_path, tokenizer):
         host.set_models_dir(old[0])
         host.set_dirs(*old[1:])
         host.free_memory()
+
+
+def test_pack_extension_dirs_are_listed_and_served(srv, tmp_path):
+    ext = tmp_path / "ext"
+    (ext / "sub").mkdir(parents=True)
+    (ext / "sub" / "hello.js").write_text("console.log('hi')")
+    srv.server.extension_dirs["qwenimage"] = ext
+    try:
+        _, listed, _ = call(srv, "GET", "/api/extensions")
+        assert "/extensions/qwenimage/sub/hello.js" in listed
+        assert any(e.startswith("/extensions/core/") for e in listed)  # the frontend's own still listed
+        status, body, _ = call(srv, "GET", "/extensions/qwenimage/sub/hello.js")
+        assert status == 200 and body == b"console.log('hi')"
+        core = next(e for e in listed if e.startswith("/extensions/core/"))
+        assert call(srv, "GET", core)[0] == 200
+        assert call(srv, "GET", "/extensions/qwenimage/..%2F..%2Fetc%2Fpasswd")[0] in (403, 404)
+        assert call(srv, "GET", "/extensions/qwenimage/nope.js")[0] == 404
+    finally:
+        srv.server.extension_dirs.pop("qwenimage")

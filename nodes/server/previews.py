@@ -1,0 +1,32 @@
+"""Live sampler previews as ComfyUI sends them: binary websocket frames holding a JPEG."""
+from __future__ import annotations
+
+import json
+import struct
+from io import BytesIO
+
+PREVIEW_MAX = 512
+
+
+class BinaryEventTypes:
+    PREVIEW_IMAGE = 1
+    UNENCODED_PREVIEW_IMAGE = 2
+    TEXT = 3
+    PREVIEW_IMAGE_WITH_METADATA = 4
+
+
+def preview_frame(image, node_id, prompt_id, with_metadata: bool):
+    """(event type, payload) of one preview: with the node and prompt named when the client supports that."""
+    from PIL import Image, ImageOps
+
+    image = image.convert("RGB")
+    if max(image.size) > PREVIEW_MAX:  # shrink only (ComfyUI's contain() also blows small previews up)
+        image = ImageOps.contain(image, (PREVIEW_MAX, PREVIEW_MAX), Image.BILINEAR)
+    buf = BytesIO()
+    image.save(buf, format="JPEG", quality=95)
+    jpeg = buf.getvalue()
+    if with_metadata:
+        meta = json.dumps({"node_id": node_id, "display_node_id": node_id, "real_node_id": node_id,
+                           "parent_node_id": None, "prompt_id": prompt_id, "image_type": "image/jpeg"}).encode()
+        return BinaryEventTypes.PREVIEW_IMAGE_WITH_METADATA, struct.pack(">I", len(meta)) + meta + jpeg
+    return BinaryEventTypes.PREVIEW_IMAGE, struct.pack(">I", 1) + jpeg

@@ -1,0 +1,223 @@
+"""Routes of the input, output and temp folders: /upload/image, /upload/mask, /view and /internal/files.
+
+Names are sanitised and every path is confined to its folder (no absolute paths, no '..', no symlink escapes);
+an upload never overwrites unless asked and is written atomically."""
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import os
+import re
+from io import BytesIO
+from pathlib import Path
+from typing import Optional
+
+from aiohttp import web
+
+from .. import host
+from .replies import ascii_name, atomic_write, server_of
+
+routes = web.RouteTableDef()
+
+_BAD_CHARS = re.compile(r'[\x00-\x1f<>:"|?*\\/]')
+
+
+def sanitize_filename(name: str) -> str:
+    """A bare file name: no folders, no control or reserved characters, not hidden, not '.'/'..'."""
+    name = os.path.basename(str(name).replace("\\", "/")).strip()
+    name = _BAD_CHARS.sub("_", name).lstrip(".").strip()
+    if not name or name in (".", ".."):
+        raise ValueError("invalid file name")
+    return name[:200]
+
+
+def safe_join(base, *parts) -> Path:
+    """base/parts..., refusing absolute parts, '..' and anything resolving outside base (symlinks included)."""
+    base = Path(base).resolve()
+    rel = "/".join(p for p in parts if p)
+    if "\x00" in rel or rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel):
+        raise PermissionError("absolute path")
+    if any(seg == ".." for seg in re.split(r"[\\/]", rel)):
+        raise PermissionError("path escapes its folder")
+    path = (base / rel).resolve() if rel else base
+    if path != base and base not in path.parents:
+        raise PermissionError("path escapes its folder")
+    return path
+
+
+def dir_by_type(kind: Optional[str]) -> Optional[Path]:
+    kind = kind or "input"
+    return {"input": host.input_dir, "output": host.output_dir, "temp": host.temp_dir}.get(kind, lambda: None)()
+
+
+def split_annotated(name: str):
+    """'x.png [output]' -> ('x.png', 'output'), as ComfyUI annotates a file's folder in a name."""
+    for tag in ("output", "input", "temp"):
+        if name.endswith(f" [{tag}]"):
+            return name[: -len(tag) - 3], tag
+        if name.endswith(f"[{tag}]"):
+            return name[: -len(tag) - 2], tag
+    return name, None
+
+
+# ---- uploads
+
+@routes.post("/upload/image")
+async def upload_image(request):
+    return await _upload(request, mask=False)
+
+
+@routes.post("/upload/mask")
+async def upload_mask(request):
+    return await _upload(request, mask=True)
+
+
+async def _upload(request, mask: bool):
+    s = server_of(request)
+    try:
+        post = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        return web.json_response({"error": f"upload larger than {s.max_upload} bytes"}, status=413)
+    except ValueError:
+        return web.Response(status=400, text="expected multipart form data")
+    image = post.get("image")
+    if image is None or not hasattr(image, "file"):
+        return web.Response(status=400, text="no image")
+    kind = post.get("type") or "input"
+    base = dir_by_type(kind)
+    if base is None:
+        return web.Response(status=400, text="invalid type")
+    try:
+        name = sanitize_filename(image.filename or "")
+        subfolder = str(post.get("subfolder", "") or "")
+        folder = safe_join(base, subfolder)
+    except (ValueError, PermissionError) as e:
+        return web.Response(status=400, text=f"invalid file name: {e}")
+    data = image.file.read()
+    if len(data) > s.max_upload:
+        return web.json_response({"error": "file too large"}, status=413)
+    overwrite = str(post.get("overwrite", "")).lower() in ("true", "1")
+    if mask:
+        try:
+            data = merge_mask(post.get("original_ref"), data)
+        except PermissionError as e:
+            return web.Response(status=403, text=str(e))
+        except (ValueError, FileNotFoundError, OSError) as e:
+            return web.Response(status=400, text=f"bad mask upload: {e}")
+    else:
+        try:
+            from PIL import Image
+
+            with Image.open(BytesIO(data)) as im:
+                im.verify()
+        except Exception:  # noqa: BLE001
+            return web.Response(status=400, text="not an image")
+    folder.mkdir(parents=True, exist_ok=True)
+    stem, ext = os.path.splitext(name)
+    path = folder / name
+    i = 1
+    while path.exists() and not overwrite:
+        if hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest():
+            break  # the same file again: reuse it
+        name = f"{stem} ({i}){ext}"
+        path = folder / name
+        i += 1
+    else:
+        atomic_write(path, data)
+    return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
+
+
+def merge_mask(original_ref, mask_bytes: bytes) -> bytes:
+    """The original image with the uploaded mask's alpha (ComfyUI's mask editor protocol)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    ref = json.loads(original_ref or "{}")
+    fname, tag = split_annotated(str(ref.get("filename", "")))
+    base = dir_by_type(tag or ref.get("type") or "output")
+    if base is None:
+        raise ValueError("invalid type")
+    path = safe_join(base, str(ref.get("subfolder", "") or ""), fname)
+    with Image.open(path) as orig:
+        meta = PngInfo()
+        for k, v in (getattr(orig, "text", None) or {}).items():
+            meta.add_text(k, v)
+        orig = orig.convert("RGBA")
+        with Image.open(BytesIO(mask_bytes)) as m:
+            orig.putalpha(m.convert("RGBA").getchannel("A").resize(orig.size))
+        buf = BytesIO()
+        orig.save(buf, format="PNG", compress_level=4, pnginfo=meta)
+        return buf.getvalue()
+
+
+# ---- views
+
+@routes.get("/view")
+async def view(request):
+    q = request.rel_url.query
+    if "filename" not in q:
+        return web.Response(status=404)
+    filename, tag = split_annotated(q["filename"])
+    if not filename or filename.startswith(("/", "\\")) or ".." in filename:
+        return web.Response(status=400)
+    base = dir_by_type(tag or q.get("type", "output"))
+    if base is None:
+        return web.Response(status=400)
+    try:
+        folder = safe_join(base, q.get("subfolder", ""))
+        path = safe_join(folder, os.path.basename(filename))
+    except PermissionError:
+        return web.Response(status=403)
+    if not path.is_file():
+        return web.Response(status=404)
+    name = path.name
+    disposition = {"Content-Disposition": f'filename="{ascii_name(name)}"'}
+    if "preview" in q:
+        return _view_preview(path, q, disposition)
+    channel = q.get("channel", "rgba")
+    if channel in ("rgb", "a"):
+        return _view_channel(path, channel, disposition)
+    ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return web.FileResponse(path, headers={**disposition, "Content-Type": ctype})
+
+
+def _view_preview(path: Path, q, headers):
+    """The image re-encoded as webp or jpeg (`preview=webp;90`), as the frontend asks for thumbnails."""
+    from PIL import Image
+
+    info = q["preview"].split(";")
+    fmt = info[0] if info[0] in ("webp", "jpeg") and "a" not in q.get("channel", "") else "webp"
+    quality = int(info[-1]) if info[-1].isdigit() else 90
+    with Image.open(path) as img:
+        if fmt == "jpeg" or q.get("channel") == "rgb":
+            img = img.convert("RGB")
+        buf = BytesIO()
+        img.save(buf, format=fmt, quality=quality)
+    return web.Response(body=buf.getvalue(), content_type=f"image/{fmt}", headers=headers)
+
+
+def _view_channel(path: Path, channel: str, headers):
+    """Only the colour (`channel=rgb`) or only the alpha (`channel=a`) of an image, as PNG."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if channel == "rgb":
+            out = img.convert("RGB")
+        else:
+            a = img.getchannel("A") if img.mode == "RGBA" else Image.new("L", img.size, 255)
+            out = Image.new("RGBA", img.size)
+            out.putalpha(a)
+        buf = BytesIO()
+        out.save(buf, format="PNG")
+    return web.Response(body=buf.getvalue(), content_type="image/png", headers=headers)
+
+
+@routes.get("/internal/files/{directory_type}")
+async def internal_files(request):
+    base = dir_by_type(request.match_info["directory_type"])
+    if base is None:
+        return web.json_response("Invalid directory type", status=400)
+    files = sorted((p for p in Path(base).glob("*") if p.is_file()), key=lambda p: p.stat().st_mtime,
+                   reverse=True) if Path(base).is_dir() else []
+    return web.json_response([p.name for p in files])
