@@ -8,10 +8,10 @@ import os
 import numpy as np
 import torch
 
-TOKENIZER_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",
-                                              "qwen25_tokenizer"))
-OFFICIAL = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",
-                                         "official_configs.json"))
+from qwenimage.qwenimage_core.text_encoder import bundled_tokenizer_dir
+
+TOKENIZER_DIR = str(bundled_tokenizer_dir())  # the real Qwen2.5 tokenizer, shipped in the package
+OFFICIAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference", "official_configs.json")
 TE_HIDDEN = 64
 
 

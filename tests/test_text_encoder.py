@@ -1,7 +1,7 @@
 """The Qwen2.5-VL text encoder: prompt encoding against the reference pipelines, and loading from every layout.
 
 A tiny random Qwen2.5-VL (hidden 64, 2 layers, vision depth 2) stands in for the 7B model; the tokenizer is the
-real Qwen2.5 one from shared/reference/qwen25_tokenizer (read from there, never copied into the repo).
+real Qwen2.5 one the package ships (qwenimage_core/qwen25_tokenizer).
 
 How the reference is run: `QwenImagePipeline`, `QwenImageEditPipeline` and `QwenImageEditPlusPipeline` are built
 with only the text encoder, tokenizer and (edit) processor set, and their own `encode_prompt` is called. The edit
@@ -501,7 +501,7 @@ def test_error_pickled_weights(tmp_path, config):
 
 # ---------------------------------------------------------------------------------------- tokenizer lookup
 
-def test_tokenizer_lookup_comfyui_and_hub(tmp_path, monkeypatch):
+def test_tokenizer_lookup_comfyui_bundled_and_hub(tmp_path, monkeypatch):
     weights = tmp_path / "models" / "text_encoders" / "qwen_2.5_vl_7b.safetensors"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")
@@ -510,10 +510,16 @@ def test_tokenizer_lookup_comfyui_and_hub(tmp_path, monkeypatch):
         raise OSError("no connection (offline)")
 
     monkeypatch.setattr(te, "_hub_tokenizer_dir", offline)
+    # nothing beside the file and no ComfyUI: the package's own copy, offline
+    assert te.find_tokenizer_dir(weights) == te.bundled_tokenizer_dir()
+    assert te.is_tokenizer_dir(te.bundled_tokenizer_dir())
+    # that copy removed too: the hub, and when offline an error naming every place looked in
+    monkeypatch.setattr(te, "bundled_tokenizer_dir", lambda: tmp_path / "removed")
     with pytest.raises(TextEncoderLoadError) as e:
         te.find_tokenizer_dir(weights)
     msg = str(e.value)
     assert "Qwen/Qwen-Image" in msg and "offline" in msg and "tokenizer_path" in msg
+    assert str(tmp_path / "removed") in msg and str(weights.parent / "tokenizer") in msg
     with pytest.raises(TextEncoderLoadError, match="not a tokenizer folder"):
         te.find_tokenizer_dir(weights, tokenizer_path=tmp_path)
 

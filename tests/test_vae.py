@@ -131,7 +131,8 @@ def test_official_config_keys_and_shapes(reference_dir):
     with torch.device("meta"):
         model = QwenImageVAE(VAEConfig())
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert shapes == {k: _shape(s) for k, s, *_ in _tsv(reference_dir, "vae_keys_diffusers.tsv")}
+    pairs = _tsv(reference_dir, "vae_keys_comfyui_to_diffusers.tsv")  # comfy name, diffusers name, shape
+    assert shapes == {k: _shape(s) for _, k, s in pairs}
     assert infer_vae_config(shapes) == VAEConfig()
 
 
@@ -143,7 +144,7 @@ def test_comfyui_names_both_ways(reference_dir):
     with torch.device("meta"):
         model = QwenImageVAE(VAEConfig())
     comfy = {diffusers_to_comfy(k): tuple(v.shape) for k, v in model.state_dict().items()}
-    assert comfy == {k: _shape(s) for k, s, *_ in _tsv(reference_dir, "vae_keys_comfyui.tsv")}
+    assert comfy == {k: _shape(s) for k, _, s in pairs}
     with torch.device("meta"):  # other depths: one residual block per level, encoder attention
         tiny = QwenImageVAE(VAEConfig.tiny(attn_scales=(0.5,)))
     for k in tiny.state_dict():
