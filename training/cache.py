@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from ..qwenimage_core.weights import save_file_atomic
 from .buckets import bucket_size
 from .data import DataError, image_size
 
+log = logging.getLogger("qwenimage.training")
 INDEX = "index.json"
 VERSION = 1
 EDIT_AREA = 1024 * 1024
@@ -108,29 +110,36 @@ def fingerprint(module) -> str:
 
 # --------------------------------------------------------------------------------------------------- index
 
-def _read_index(cache_dir) -> dict:
+def _read_index(cache_dir, part: str = "entries") -> dict:
+    """The index's entries ({key: entry}), or with part="failed" the samples a skip-mode build could not read
+    ({key: reason}); a changed file gives a new key, so a repaired image is tried again."""
     path = os.path.join(cache_dir, INDEX)
     if not os.path.exists(path):
         return {}
-    with open(path, encoding="utf-8") as fh:
-        d = json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            d = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: unreadable cache index ({e}); delete the cache folder") from None
     if d.get("version") != VERSION:
         raise DataError(f"{path}: cache index version {d.get('version')}, expected {VERSION}; delete the cache")
-    return d["entries"]
+    return d.get(part, {})
 
 
-def _write_index(cache_dir, entries: dict) -> None:
+def _write_index(cache_dir, entries: dict, failed: dict | None = None) -> None:
     path = os.path.join(cache_dir, INDEX)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"version": VERSION, "entries": entries}, fh)
+        json.dump({"version": VERSION, "entries": entries, "failed": failed or {}}, fh)
     os.replace(tmp, path)
 
 
-def missing(samples, settings: CacheSettings, cache_dir) -> list[int]:
-    """Indices of the samples with no cache entry (hashes and an index lookup; nothing is decoded)."""
+def missing(samples, settings: CacheSettings, cache_dir, on_error: str = "error") -> list[int]:
+    """Indices of the samples with no cache entry (hashes and an index lookup; nothing is decoded). With
+    on_error="skip", samples a previous build found unreadable count as done."""
     entries = _read_index(cache_dir)
-    return [i for i, s in enumerate(samples) if sample_key(s, settings) not in entries]
+    failed = _read_index(cache_dir, "failed") if on_error == "skip" else {}
+    return [i for i, s in enumerate(samples) if (k := sample_key(s, settings)) not in entries and k not in failed]
 
 
 # ---------------------------------------------------------------------------------------------------- build
@@ -161,19 +170,25 @@ def _groups(samples, todo, settings, batch_size):
             yield size, refs, idx[j:j + batch_size]
 
 
+def _load_inputs(sample, size, refs) -> tuple:
+    """A sample's pixels: the target fitted to its bucket, the references at their sizes, and the references as
+    images for the vision tower. Fully decoded here, so a file that passed the header check but is truncated
+    fails now (ValueError naming it), before the batch is encoded."""
+    target = to_tensor(fit_image(sample.image, *size), *size)
+    images = [load_image(r) for r in sample.references]
+    return target, [to_tensor(im, rw, rh) for im, (rw, rh) in zip(images, refs)], images
+
+
 @torch.no_grad()
-def _encode_group(samples, idx, size, refs, settings, vae, text_encoder) -> list[dict]:
+def _encode_group(batch, inputs, settings, vae, text_encoder) -> list[dict]:
     dtype = getattr(torch, settings.dtype)
-    batch = [samples[i] for i in idx]
-    latents = _encode_pixels(vae, [to_tensor(fit_image(s.image, *size), *size) for s in batch])
-    ref_latents = []
-    for k, (rw, rh) in enumerate(refs):
-        ref_latents.append(_encode_pixels(vae, [to_tensor(load_image(s.references[k]), rw, rh) for s in batch]))
+    latents = _encode_pixels(vae, [target for target, _, _ in inputs])
+    ref_latents = [_encode_pixels(vae, [refs[k] for _, refs, _ in inputs]) for k in range(len(inputs[0][1]))]
     kwargs = {"template": settings.template}
     if settings.template == "t2i":
         kwargs["max_sequence_length"] = min(settings.max_text_tokens or 1024, 1024)
     else:  # the vision tower sees the references resized as the edit pipelines do
-        images = [[load_image(r) for r in s.references] for s in batch]
+        images = [images for _, _, images in inputs]
         kwargs.update(images=[i[0] for i in images] if settings.template == "edit" else images, resize_images=True)
     embeds, mask = text_encoder.encode([s.caption for s in batch], **kwargs)
     out = []
@@ -194,17 +209,23 @@ def _check_templates(samples, todo, template):
 
 
 def build_cache(samples, cache_dir, settings: CacheSettings, vae, text_encoder, *, batch_size: int = 1,
-                device="cpu", progress: bool = True, shard_size: int = 256) -> int:
+                device="cpu", progress: bool = True, shard_size: int = 256, on_error: str = "error") -> int:
     """Encode the samples not yet cached; returns how many were encoded. Models are moved to `device` (None: left
     where they are). Every `shard_size` samples a shard is written, then the index; on an exception the samples
-    finished so far are written too, so the cache only ever holds complete entries."""
+    finished so far are written too, so the cache only ever holds complete entries. A sample whose image cannot
+    be decoded (a truncated JPEG passes the up-front header check) raises a DataError naming it, or with
+    on_error="skip" is logged, recorded in the index as failed and left out (CachedDataset drops it)."""
     from tqdm.auto import tqdm
 
+    if on_error not in ("skip", "error"):
+        raise ValueError(f"on_error must be 'skip' or 'error', not {on_error!r}")
     os.makedirs(cache_dir, exist_ok=True)
     keys = [sample_key(s, settings) for s in samples]
     entries = _read_index(cache_dir)
+    failed = _read_index(cache_dir, "failed")
     first = {k: i for i, k in reversed(list(enumerate(keys)))}
-    todo = [i for i, k in enumerate(keys) if k not in entries and first[k] == i]  # a duplicate is encoded once
+    todo = [i for i, k in enumerate(keys)
+            if k not in entries and first[k] == i and not (on_error == "skip" and k in failed)]  # duplicates once
     if not todo:
         return 0
     _check_templates(samples, todo, settings.template)
@@ -216,21 +237,41 @@ def build_cache(samples, cache_dir, settings: CacheSettings, vae, text_encoder, 
     new: dict[str, dict] = {}
     done = 0
 
+    failed_before = len(failed)
+
     def flush():
         nonlocal shard_no, pending, new
-        if not new:
-            return
-        name = f"shard-{shard_no:05d}.safetensors"
-        save_file_atomic(pending, os.path.join(cache_dir, name), {"format": "pt"})
-        entries.update({k: {**v, "shard": name} for k, v in new.items()})
-        _write_index(cache_dir, entries)
-        shard_no, pending, new = shard_no + 1, {}, {}
+        if new:
+            name = f"shard-{shard_no:05d}.safetensors"
+            save_file_atomic(pending, os.path.join(cache_dir, name), {"format": "pt"})
+            entries.update({k: {**v, "shard": name} for k, v in new.items()})
+            shard_no += 1
+        if new or len(failed) != failed_before:
+            _write_index(cache_dir, entries, failed)
+        pending, new = {}, {}
+
+    def readable(i, size, refs):
+        try:
+            return _load_inputs(samples[i], size, refs)
+        except (OSError, ValueError) as e:  # load_image names the file
+            if on_error == "error":
+                raise DataError(f"{samples[i].image}: cannot be cached: {e}") from None
+            failed[keys[i]] = f"{samples[i].image}: {e}"
+            log.warning("skipping sample at caching: %s", failed[keys[i]])
+            return None
 
     bar = tqdm(total=len(todo), desc="caching latents", disable=not progress)
     try:
-        for size, refs, idx in _groups(samples, todo, settings, batch_size):
-            for i, tensors in zip(idx, _encode_group(samples, idx, size, refs, settings, vae, text_encoder)):
+        for size, refs, group in _groups(samples, todo, settings, batch_size):
+            loaded = {i: x for i in group if (x := readable(i, size, refs)) is not None}
+            idx = list(loaded)
+            bar.update(len(group) - len(idx))
+            if not idx:
+                continue
+            encoded = _encode_group([samples[i] for i in idx], list(loaded.values()), settings, vae, text_encoder)
+            for i, tensors in zip(idx, encoded):
                 key = keys[i]
+                failed.pop(key, None)
                 pending.update({f"{key}.{name}": t for name, t in tensors.items()})
                 new[key] = {"size": list(size), "refs": [list(r) for r in refs],
                             "tokens": tensors["embeds"].shape[0]}
@@ -255,8 +296,16 @@ class CachedDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples, cache_dir, settings: CacheSettings):
         self.samples, self.cache_dir, self.settings = list(samples), os.fspath(cache_dir), settings
-        entries = _read_index(self.cache_dir)
-        self.keys = [sample_key(s, settings) for s in self.samples]
+        entries, failed = _read_index(self.cache_dir), _read_index(self.cache_dir, "failed")
+        keys = [sample_key(s, settings) for s in self.samples]
+        # samples a skip-mode build could not decode: left out, and said once (build_cache logged them too)
+        self.skipped = [failed[k] for k in keys if k in failed and k not in entries]
+        for reason in self.skipped:
+            log.warning("left out (unreadable when cached): %s", reason)
+        kept = [i for i, k in enumerate(keys) if k in entries or k not in failed]
+        self.samples, self.keys = [self.samples[i] for i in kept], [keys[i] for i in kept]
+        if not self.samples:
+            raise DataError(f"no usable samples in the cache {self.cache_dir}: all {len(keys)} were unreadable")
         gone = [i for i, k in enumerate(self.keys) if k not in entries]
         if gone:
             raise DataError(f"{len(gone)} of {len(self.samples)} samples are not cached in {self.cache_dir} (first: "

@@ -14,11 +14,16 @@ import shutil
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
 
-from ..qwenimage_core.weights import save_file_atomic
+from ..qwenimage_core.weights import CheckpointError, SafetensorsFile, save_file_atomic
+from .guards import check_finite
 
 PATTERN = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, usually); says which file, and what is still intact."""
 
 
 def _rng_state() -> dict:
@@ -43,22 +48,43 @@ def list_checkpoints(root) -> list[str]:
 
 def save_checkpoint(root, step: int, *, weights: dict, optimizer: dict, scheduler: dict, ema: dict | None,
                     state: dict, keep_last: int) -> str:
-    """Write checkpoint `step` under root/step-XXXXXXXX atomically; prune to the last `keep_last`."""
-    os.makedirs(root, exist_ok=True)
+    """Write checkpoint `step` under root/step-XXXXXXXX atomically; prune to the last `keep_last`. Non-finite
+    weights are refused (naming the tensor) before anything is written."""
     final = os.path.join(root, f"step-{step:08d}")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # a previous interrupted save
-    os.makedirs(tmp)
-    try:
-        save_file_atomic({k: v.detach().contiguous().cpu() for k, v in weights.items()},
-                         os.path.join(tmp, "weights.safetensors"))
-        if ema is not None:
-            save_file_atomic({k: v.contiguous().cpu() for k, v in ema.items()}, os.path.join(tmp, "ema.safetensors"))
-        torch.save({"optimizer": optimizer, "scheduler": scheduler}, os.path.join(tmp, "optimizer.pt"))
-        with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as fh:
+    check_finite(weights, f"checkpoint {final}")
+    if ema is not None:
+        check_finite(ema, f"checkpoint {final} (EMA)")
+    previous = list_checkpoints(root)
+    intact = (f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists")
+
+    def write(name, fn):
+        path = os.path.join(tmp, name)
+        try:
+            fn(path)
+        except (OSError, RuntimeError, SafetensorError) as e:  # torch.save says only "basic_ios::clear: iostream error"
+            raise CheckpointWriteError(f"could not write {path} ({e}); {intact}. Free some disk space and resume "
+                                       "with --resume auto") from e
+
+    def write_json(path):
+        with open(path, "w", encoding="utf-8") as fh:
             json.dump({**state, "rng": _rng_state()}, fh)
             fh.flush()
             os.fsync(fh.fileno())
+
+    tmp = final + ".tmp"
+    try:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a previous interrupted save
+        os.makedirs(tmp)
+    except OSError as e:
+        raise CheckpointWriteError(f"could not create {tmp} ({e}); {intact}") from e
+    try:
+        write("weights.safetensors", lambda p: save_file_atomic(
+            {k: v.detach().contiguous().cpu() for k, v in weights.items()}, p))
+        if ema is not None:
+            write("ema.safetensors", lambda p: save_file_atomic({k: v.contiguous().cpu() for k, v in ema.items()}, p))
+        write("optimizer.pt", lambda p: torch.save({"optimizer": optimizer, "scheduler": scheduler}, p))
+        write("state.json", write_json)
         if os.path.isdir(final):  # re-saving the same step (a resumed run): replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -70,20 +96,36 @@ def save_checkpoint(root, step: int, *, weights: dict, optimizer: dict, schedule
     return final
 
 
+def _read_tensors(path) -> dict:
+    f = SafetensorsFile(path)  # header checked; errors name the file
+    try:
+        return {k: f.get(k).clone() for k in f.keys()}
+    finally:
+        f.close()
+
+
 def load_checkpoint(path) -> dict:
     """-> dict(weights, ema (or None), optimizer, scheduler, state); RNG states are restored here."""
     need = ("weights.safetensors", "optimizer.pt", "state.json")
     missing = [n for n in need if not os.path.isfile(os.path.join(path, n))]
     if missing:
         raise FileNotFoundError(f"{path}: not a complete checkpoint (missing {', '.join(missing)})")
-    with open(os.path.join(path, "state.json"), encoding="utf-8") as fh:
-        state = json.load(fh)
-    opt = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
+    try:
+        with open(os.path.join(path, "state.json"), encoding="utf-8") as fh:
+            state = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{os.path.join(path, 'state.json')}: not valid JSON ({e})") from None
+    try:
+        opt = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for a damaged file
+        raise CheckpointError(f"{os.path.join(path, 'optimizer.pt')}: cannot be read ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
     ema_path = os.path.join(path, "ema.safetensors")
+    weights = _read_tensors(os.path.join(path, "weights.safetensors"))
+    ema = _read_tensors(ema_path) if os.path.isfile(ema_path) else None
     _set_rng_state(state.pop("rng"))
-    return {"weights": load_file(os.path.join(path, "weights.safetensors")),
-            "ema": load_file(ema_path) if os.path.isfile(ema_path) else None,
-            "optimizer": opt["optimizer"], "scheduler": opt["scheduler"], "state": state}
+    return {"weights": weights, "ema": ema, "optimizer": opt["optimizer"], "scheduler": opt["scheduler"],
+            "state": state}
 
 
 def resolve_resume(resume, root) -> str | None:

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -115,6 +116,12 @@ def _folder_rows(root: str, caption_ext: str):
                 continue
             image = os.path.join(dirpath, name)
             cap_path = os.path.join(dirpath, stem + caption_ext)
+            if why := _not_regular(image):  # before the caption: the image is the sample's name
+                problems.append(f"{image}: image: {why}")
+                continue
+            if why := _not_regular(cap_path):
+                problems.append(f"{cap_path}: caption: {why}")
+                continue
             if not os.path.isfile(cap_path):
                 problems.append(f"{image}: caption: no caption file {os.path.basename(cap_path)}")
                 continue
@@ -179,6 +186,20 @@ def _check_types(row) -> str | None:
 
 # ------------------------------------------------------------------------------------------------- validation
 
+def _not_regular(path: str) -> str | None:
+    """Why `path` must not be opened, or None: a FIFO named x.png would block open() forever, a device never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None  # reported as "file not found" by the caller
+    except OSError as e:
+        return f"cannot stat ({e.strerror})"
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        return f"{kind}, not an image file; not opened"
+    return None
+
+
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) of an image file, checked readable by PIL (header + verify) without decoding the pixels."""
     with Image.open(path) as im:
@@ -192,6 +213,9 @@ def _validate(row: dict, where: str, min_size: int):
     caption = row["caption"].strip()
     if not caption:
         return None, f"{where}: caption: empty"
+    for k, path in enumerate((row["image"], *row.get("references", ()))):
+        if why := _not_regular(path):
+            return None, f"{where}: {'image' if k == 0 else f'references[{k - 1}]'}: {path}: {why}"
     try:
         w, h = image_size(row["image"])
     except FileNotFoundError:

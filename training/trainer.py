@@ -26,6 +26,7 @@ from .cache import CachedDataset, CacheSettings, build_cache, collate, missing
 from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
 from .config import Config, ConfigError
 from .data import load_samples
+from .guards import LossGuard, check_finite
 from .objectives import build_objective
 
 log = logging.getLogger("qwenimage.training")
@@ -116,11 +117,13 @@ def stage_cache(cfg: Config, stage):
 def stage_data(cfg: Config, stage, encoders: Encoders, accelerator):
     """The stage's samples, cached (built on the main process when incomplete), as (dataset, sampler)."""
     samples, settings, cache_dir = stage_cache(cfg, stage)
-    if accelerator.is_main_process and missing(samples, settings, cache_dir):
+    if accelerator.is_main_process and missing(samples, settings, cache_dir, cfg.data.on_error):
         vae, te = encoders.get()
-        build_cache(samples, cache_dir, settings, vae, te, device=None, progress=cfg.logging.progress)
+        build_cache(samples, cache_dir, settings, vae, te, device=None, progress=cfg.logging.progress,
+                    on_error=cfg.data.on_error)
     accelerator.wait_for_everyone()
     dataset = CachedDataset(samples, cache_dir, settings)
+    samples = dataset.samples  # less any that could not be decoded when cached (on_error = "skip")
     cw = stage.category_weights or cfg.data.category_weights
     weights = category_weights(samples, cw or None) if cw or any(s.weight != 1 for s in samples) else None
     sampler = BucketBatchSampler(dataset.sizes, cfg.data.batch_size, weights=weights, seed=cfg.train.seed,
@@ -136,9 +139,10 @@ def run_cache(cfg: Config) -> int:
     enc, n = Encoders(cfg, acc.device), 0
     for stage in cfg.stage_list():
         samples, settings, cache_dir = stage_cache(cfg, stage)
-        if missing(samples, settings, cache_dir):
+        if missing(samples, settings, cache_dir, cfg.data.on_error):
             vae, te = enc.get()
-            n += build_cache(samples, cache_dir, settings, vae, te, device=None, progress=cfg.logging.progress)
+            n += build_cache(samples, cache_dir, settings, vae, te, device=None, progress=cfg.logging.progress,
+                             on_error=cfg.data.on_error)
     return n
 
 
@@ -195,6 +199,7 @@ class Trainer:
                     if cfg.train.ema_decay > 0 else None)
         self.step, self.stage_index, self.stage_step, self.sampler_state = 0, 0, 0, None
         self.losses: list[float] = []
+        self.loss_guard = LossGuard(cfg.train.max_nonfinite_steps)
         self.ckpt_dir = os.path.join(cfg.output.dir, "checkpoints")
 
     @property
@@ -247,16 +252,18 @@ class Trainer:
                 loss = per_sample.mean() / ga
             acc.backward(loss)
             total += loss.detach()
-        if cfg.train.max_grad_norm > 0:
-            acc.clip_grad_norm_(list(self.params.values()), cfg.train.max_grad_norm)
-        self.optimizer.step()
+        mean = acc.reduce(total.reshape(1), "mean").item()  # the same on every process: all skip, or none
+        if self.loss_guard.ok(mean, self.step + 1):  # an inf/NaN loss: no update (and a stop after a few)
+            if cfg.train.max_grad_norm > 0:
+                acc.clip_grad_norm_(list(self.params.values()), cfg.train.max_grad_norm)
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
+        if self.ema is not None and math.isfinite(mean):
             d = cfg.train.ema_decay
             with torch.no_grad():
                 for n, p in self.params.items():
                     self.ema[n].mul_(d).add_(p.detach().float(), alpha=1 - d)
-        return acc.reduce(total.reshape(1), "mean").item()
+        return mean
 
     def run(self, resume=None, stop_after: int | None = None) -> dict:
         """Train every stage; `stop_after` ends the run after that many optimiser steps in this call (tests)."""
@@ -333,6 +340,7 @@ class Trainer:
             return out
         model = self.unwrapped
         with self.ema_weights():
+            check_finite(self.params, f"the trained weights to {cfg.output.dir}")
             if cfg.train.mode == "lora":
                 out["lora"] = os.path.join(cfg.output.dir, "lora.safetensors")
                 save_lora(out["lora"], lora_matrices(model, cfg.lora.alpha),
