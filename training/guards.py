@@ -45,5 +45,5 @@ class LossGuard:
         if self.bad >= self.limit:
             raise TrainingStopped(f"the loss was {loss} for {self.bad} step(s) in a row (up to step {step}); "
                                   f"stopping (train.max_nonfinite_steps = {self.limit}). Lower optimizer.lr, use "
-                                  "bf16 rather than fp16, or check the data; the last checkpoint is intact")
+                                  "bf16 rather than fp16, or check the data; checkpoints already written are intact")
         return False
