@@ -96,21 +96,29 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
-setup_main() {
-    pick_python || return 1
-    local stamp value
-    stamp=$("$PY" -c 'import sys; print(sys.prefix)')/.qwenimage-setup${EXTRA:+-$EXTRA}
-    value=$(stamp_value)
-    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$value" ] && installed_here; then
-        return 0
-    fi
-    install_torch
-    say "installing the package (editable${EXTRA:+, extra [$EXTRA]}) into $("$PY" -c 'import sys; print(sys.prefix)')"
-    "$PY" -m pip install -q -e "$ROOT${EXTRA:+[$EXTRA]}"
-    echo "$value" > "$stamp" || say "could not write $stamp: the next run installs again"
+up_to_date() {  # this extra's stamp is current; with no extra, any extra's will do (each includes the base)
+    local f e
+    for f in "$PREFIX"/.qwenimage-setup*; do
+        [ -f "$f" ] || continue
+        e=${f##*/.qwenimage-setup}; e=${e#-}
+        [ -z "$EXTRA" ] || [ "$e" = "$EXTRA" ] || continue
+        [ "$(cat "$f")" = "$(EXTRA=$e stamp_value)" ] && installed_here && return 0
+    done
+    return 1
 }
 
-setup_main || { [ "${BASH_SOURCE[0]}" = "$0" ] && exit 1; return 1; }
+setup_main() {
+    pick_python || return 1
+    PREFIX=$("$PY" -c 'import sys; print(sys.prefix)')
+    up_to_date && return 0
+    install_torch
+    say "installing the package (editable${EXTRA:+, extra [$EXTRA]}) into $PREFIX"
+    "$PY" -m pip install -q -e "$ROOT${EXTRA:+[$EXTRA]}"
+    local stamp=$PREFIX/.qwenimage-setup${EXTRA:+-$EXTRA}
+    stamp_value > "$stamp" || say "could not write $stamp: the next run installs again"
+}
+
+setup_main   # (not in an `||`: that would switch off `set -e` inside it, and a failed install would be stamped)
 if [ "${BASH_SOURCE[0]}" = "$0" ] && [ "$PY" = "$ROOT/.venv/bin/python" ]; then
     say "ready; to use it in this shell: source .venv/bin/activate"
 fi
