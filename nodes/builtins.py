@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
-from . import host
+from . import host, limits
 
 MAX_RESOLUTION = 16384
 _ANNOTATIONS = {"[output]": host.output_dir, "[input]": host.input_dir, "[temp]": host.temp_dir}
@@ -97,6 +97,13 @@ def _image_files(folder: Path) -> list[str]:
     return sorted(out)
 
 
+def _check_pixels(img, name: str) -> None:
+    """Refuse a file whose frames together hold more than --max-image-pixels, from its header, before decoding."""
+    frames = getattr(img, "n_frames", 1) or 1
+    w, h = img.size
+    limits.check_image_size(w, h, what=f"image {name!r}", frames=frames)
+
+
 def _open(path):
     try:
         return Image.open(path)
@@ -124,6 +131,12 @@ class _InputImage:
     def VALIDATE_INPUTS(cls, image):
         if not annotated_exists(image):
             return "Invalid image file: {}".format(image)
+        try:  # the header only: a huge image is refused before the run, naming the limit
+            _check_pixels(_open(annotated_filepath(image)), image)
+        except limits.PixelLimitError as e:
+            return str(e)
+        except Exception:  # noqa: BLE001 - an unreadable file fails when loaded, with PIL's reason
+            pass
         return True
 
 
@@ -138,6 +151,7 @@ class LoadImage(_InputImage):
 
     def load_image(self, image):
         img = _open(annotated_filepath(image))
+        _check_pixels(img, image)
         images, masks = [], []
         w = h = None
         for frame in ImageSequence.Iterator(img):
@@ -182,7 +196,9 @@ class LoadImageMask(_InputImage):
     FUNCTION = "load_image"
 
     def load_image(self, image, channel):
-        i = ImageOps.exif_transpose(_open(annotated_filepath(image)))
+        i = _open(annotated_filepath(image))
+        _check_pixels(i, image)
+        i = ImageOps.exif_transpose(i)
         if i.getbands() != ("R", "G", "B", "A"):
             if i.mode == "I":
                 i = i.point(lambda v: v * (1 / 255))
@@ -376,6 +392,7 @@ class ImageScale:
             width = max(1, round(samples.shape[3] * height / samples.shape[2]))
         elif height == 0:
             height = max(1, round(samples.shape[2] * width / samples.shape[3]))
+        limits.check_image_size(width, height, what="scaled image")
         return (common_upscale(samples, width, height, upscale_method, crop).movedim(1, -1),)
 
 

@@ -38,7 +38,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Optional
 
-from . import host
+from . import host, limits
 
 try:  # the core's Interrupted is the base of host.Interrupted; ComfyUI's own, when inside it
     from ..qwenimage_core.sampling import Interrupted as _CoreInterrupted
@@ -123,8 +123,8 @@ def _convert(val, typ):
         return int(val)
     if typ == "FLOAT":
         f = float(val)
-        if math.isnan(f):
-            raise ValueError("NaN")
+        if not math.isfinite(f):
+            raise ValueError(f"{f} is not a finite number")
         return f
     if typ == "STRING":
         return str(val)
@@ -248,10 +248,37 @@ def _validate_node(prompt, node_id, mappings, validated) -> tuple[bool, list]:
             for a in [a for a in vf_args if a in kwargs and a != "input_types"] or ["(node)"]:
                 errors.append(_err("custom_validation_failed", "Custom validation failed for node",
                                    f"{a} - {ret}", input_name=a))
+    if not errors:
+        errors = _size_errors(cls, inputs)
     if errors:
         valid = False
     validated[node_id] = (valid, errors)
     return valid, errors
+
+
+def _size_errors(cls, inputs: dict) -> list:
+    """A node making an image or latent from width/height (x batch_size) widgets must stay within the server's
+    pixel limits (nodes/limits.py): refused here, before anything of that size is allocated."""
+    def literal_int(name, default=None):
+        v = inputs.get(name, default)
+        try:
+            return None if isinstance(v, (list, bool)) or v is None else _convert(v, "INT")
+        except (TypeError, ValueError):
+            return None
+
+    w, h, batch = literal_int("width"), literal_int("height"), literal_int("batch_size", 1)
+    aspect = inputs.get("aspect")
+    if w is None or h is None or (isinstance(aspect, str) and aspect != "custom"):  # a preset ignores w/h
+        return []
+    returns = list(getattr(cls, "RETURN_TYPES", ()))
+    try:
+        if "LATENT" in returns:
+            limits.check_latent_size(w, h, batch or 1)
+        elif "IMAGE" in returns:
+            limits.check_image_size(w, h)
+    except limits.PixelLimitError as e:
+        return [_err("pixel_limit_exceeded", "Size beyond this server's limit", str(e), input_name="width")]
+    return []
 
 
 def validate_prompt(prompt: dict, mappings: dict, outputs: Optional[list] = None) -> Validation:
@@ -270,6 +297,9 @@ def validate_prompt(prompt: dict, mappings: dict, outputs: Optional[list] = None
             return Validation(False, _err("invalid_prompt",
                                           "Cannot execute because a node is missing the class_type property.",
                                           f"Node ID '#{nid}'"), {}, [])
+        if not isinstance(node["class_type"], str):
+            return Validation(False, _err("invalid_prompt", "A node's class_type must be a string",
+                                          f"Node ID '#{nid}': {type(node['class_type']).__name__}"), {}, [])
         cls = mappings.get(node["class_type"])
         if cls is None:
             ct = node["class_type"]
@@ -377,6 +407,21 @@ class Executor:
         self._cache.clear()
         self._last.clear()
 
+    def cache_bytes(self) -> int:
+        """Bytes of the tensors the cached outputs hold (models are counted by their own cache, not here)."""
+        return sum(_tensor_bytes(entry) for entry in self._cache.values())
+
+    def trim_cache(self, max_bytes: float) -> None:
+        """Drop the largest cached outputs until their tensors fit `max_bytes` (--max-cache-mb); a dropped node
+        simply runs again when a later prompt needs it."""
+        sizes = sorted(((_tensor_bytes(e), sig) for sig, e in self._cache.items()), key=lambda x: -x[0])
+        total = sum(n for n, _ in sizes)
+        for n, sig in sizes:
+            if total <= max_bytes or n == 0:
+                break
+            del self._cache[sig]
+            total -= n
+
     def outputs(self, node_id):
         """The output tuple of a node from the last run (first item of each output list)."""
         sig = self._last.get(str(node_id))
@@ -407,6 +452,19 @@ class Executor:
         for o in sorted((str(o) for o in outputs), key=_id_key):
             visit(o, [])
         return order
+
+    def _live(self, prompt, order, outputs, sigs) -> list:
+        """The nodes of `order` a run must visit: the outputs and what uncached nodes link to (a node whose output
+        is cached needs nothing upstream, even if an upstream output was dropped from the cache)."""
+        live, stack = set(), [str(o) for o in outputs]
+        while stack:
+            nid = stack.pop()
+            if nid in live:
+                continue
+            live.add(nid)
+            if sigs[nid] not in self._cache:
+                stack += [str(v[0]) for v in (prompt[nid].get("inputs") or {}).values() if is_link(v)]
+        return [nid for nid in order if nid in live]
 
     def _signatures(self, prompt, order, changed) -> dict:
         sigs = {}
@@ -558,7 +616,7 @@ class Executor:
             result.cached = list(cached)
             emit("execution_cached", {"nodes": cached, "prompt_id": prompt_id, "timestamp": _now_ms()})
             values: dict = {}
-            for nid in order:
+            for nid in self._live(prompt, order, outputs, sigs):
                 node = prompt[nid]
                 sig = sigs[nid]
                 cls = self.mappings[node["class_type"]]
@@ -619,7 +677,34 @@ class Executor:
         finally:
             self.current_node = None
             host.set_progress_hook(prev_hook)
+            self.trim_cache(limits.LIMITS.max_cache_mb * 2 ** 20)
             emit("executing", {"node": None, "prompt_id": prompt_id}, keep=False)
+
+
+def _tensor_bytes(value, seen=None) -> int:
+    """Bytes of the tensors inside a node output (lists, tuples, dicts and dataclasses walked; each storage
+    counted once; modules skipped: loaded models live in the model cache)."""
+    import dataclasses
+
+    import torch
+
+    seen = set() if seen is None else seen
+    if isinstance(value, torch.Tensor):
+        storage = value.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        if key in seen:
+            return 0
+        seen.add(key)
+        return storage.nbytes()
+    if isinstance(value, torch.nn.Module):
+        return 0
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v, seen) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v, seen) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(_tensor_bytes(getattr(value, f.name), seen) for f in dataclasses.fields(value))
+    return 0
 
 
 def _describe_inputs(inputs: dict) -> dict:

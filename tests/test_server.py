@@ -192,7 +192,7 @@ def run(srv, prompt, extra=None, client_id=None):
 
 
 async def ws_run(srv, prompt, until=("execution_success", "execution_error", "execution_interrupted"),
-                 flags=None, during=None):
+                 flags=None, during=None, extra=None):
     """Connect a websocket, queue `prompt` for it, collect messages (binary ones as ("binary", type, payload))
     until the run ends. `during(msgs)` is awaited once after the first progress message."""
     cid = uuid.uuid4().hex
@@ -201,7 +201,8 @@ async def ws_run(srv, prompt, until=("execution_success", "execution_error", "ex
         async with session.ws_connect(f"{srv.url}/ws?clientId={cid}") as ws:
             if flags is not None:
                 await ws.send_str(json.dumps({"type": "feature_flags", "data": flags}))
-            async with session.post(f"{srv.url}/api/prompt", json={"prompt": prompt, "client_id": cid}) as r:
+            body = {"prompt": prompt, "client_id": cid, **({"extra_data": extra} if extra else {})}
+            async with session.post(f"{srv.url}/api/prompt", json=body) as r:
                 assert r.status == 200, await r.text()
                 pid = (await r.json())["prompt_id"]
             fired = False
@@ -384,7 +385,8 @@ def test_validate_prompt_standalone():
 # ------------------------------------------------------------------------------------------------ execution
 
 def test_websocket_message_sequence(srv):
-    cid, pid, msgs = asyncio.run(ws_run(srv, graph(seed=7, steps=3, prefix="ws")))
+    cid, pid, msgs = asyncio.run(ws_run(srv, graph(seed=7, steps=3, prefix="ws"),
+                                      extra={"preview_method": "auto"}))
     kinds = [m[0] for m in msgs]
     assert msgs[0][0] == "status" and msgs[0][1]["sid"] == cid
     assert msgs[0][1]["status"]["exec_info"]["queue_remaining"] >= 0
@@ -416,7 +418,8 @@ def test_websocket_message_sequence(srv):
 
 
 def test_preview_with_metadata_when_the_client_supports_it(srv):
-    _, pid, msgs = asyncio.run(ws_run(srv, graph(seed=8, steps=2), flags={"supports_preview_metadata": True}))
+    _, pid, msgs = asyncio.run(ws_run(srv, graph(seed=8, steps=2), flags={"supports_preview_metadata": True},
+                                      extra={"preview_method": "latent2rgb"}))
     assert ("feature_flags" in [m[0] for m in msgs])
     frames = [m for m in msgs if m[0] == "binary"]
     assert frames and all(f[1] == 4 for f in frames)

@@ -15,15 +15,17 @@ from aiohttp import web
 
 from .. import host
 from ..execution import Executor
-from . import guards, routes_files, routes_prompt, routes_system, routes_user
-from .previews import preview_frame
+from ..limits import Limits
+from ..limits import install as install_limits
+from . import first_screen, guards, routes_files, routes_prompt, routes_system, routes_user
+from .previews import SERVER_METHODS, preview_frame, previews_wanted
 from .queue import PromptQueue, progress_entry, public_item
-from .replies import SERVER, json_default
+from .replies import SERVER, bad_requests, json_default
 
 log = logging.getLogger("qwenimage.server")
 
 MAX_UPLOAD_MB = 100
-ROUTE_MODULES = (routes_system, routes_prompt, routes_files, routes_user)
+ROUTE_MODULES = (routes_system, routes_prompt, routes_files, routes_user, first_screen)
 
 
 def default_mappings():
@@ -37,7 +39,8 @@ def default_mappings():
 
 class PromptServer:
     def __init__(self, mappings=None, display_names=None, web_root=None, user_dir="user",
-                 max_upload_mb: float = MAX_UPLOAD_MB):
+                 max_upload_mb: float = MAX_UPLOAD_MB, preview_method: str = "none", limits: Optional[Limits] = None,
+                 allowed_origins=(), allowed_hosts=()):
         if mappings is None:
             mappings, dn = default_mappings()
             display_names = {**dn, **(display_names or {})}
@@ -46,8 +49,15 @@ class PromptServer:
         self.web_root = Path(web_root) if web_root else routes_system.frontend_root()
         self.user_root = Path(user_dir)
         self.max_upload = int(max_upload_mb * 1024 * 1024)
+        if preview_method not in SERVER_METHODS:
+            raise ValueError(f"preview method {preview_method!r}: one of {', '.join(SERVER_METHODS)}")
+        self.preview_method = preview_method
+        if limits is not None:
+            install_limits(limits)  # the nodes (Load Image, ...) and the validator read the process's limits
+        self.allowed_origins = {o.rstrip("/") for o in allowed_origins}
+        self.allowed_hosts = {h.lower() for h in allowed_hosts}
         # folders others add to: pack name -> JS extension folder; template module -> folder of UI workflows
-        self.extension_dirs: dict[str, Path] = {}
+        self.extension_dirs: dict[str, Path] = {first_screen.PACK: first_screen.WEB_DIR}
         self.template_dirs: dict[str, Path] = {routes_system.TEMPLATES_MODULE: routes_system.WORKFLOWS_DIR}
         self.executor = Executor(mappings)
         self.queue = PromptQueue(self._queue_changed)
@@ -147,7 +157,7 @@ class PromptServer:
         number, prompt_id, prompt, extra_data, outputs = item[:5]
         sid = extra_data.get("client_id")
         self.client_id, self.running_prompt_id = sid, prompt_id
-        on_event = self._event_sender(sid, prompt_id)
+        on_event = self._event_sender(sid, prompt_id, previews_wanted(self.preview_method, extra_data))
         try:
             result = self.executor.execute(prompt, prompt_id, extra_data, on_event, outputs=outputs)
             status_str = "success" if result.status == "success" else "error"
@@ -166,12 +176,15 @@ class PromptServer:
         self.client_id = self.running_prompt_id = self.last_node_id = None
         self.queue.task_done(item, entry)
 
-    def _event_sender(self, sid, prompt_id):
-        """The executor's event callback: websocket messages to the prompt's client, with progress_state."""
+    def _event_sender(self, sid, prompt_id, previews: bool):
+        """The executor's event callback: websocket messages to the prompt's client, with progress_state, and
+        previews only if the run asked for them."""
         progress_nodes: dict = {}
 
         def on_event(event, data):
             if event == "preview":
+                if not previews:
+                    return
                 with_meta = bool(self.client_flags.get(sid, {}).get("supports_preview_metadata"))
                 self.send_sync(*preview_frame(data["image"], data["node"], prompt_id, with_meta), sid)
                 return
@@ -199,7 +212,7 @@ class PromptServer:
     def _make_app(self) -> web.Application:
         """Every route of ROUTE_MODULES at /route and at /api/route (not /internal), then the frontend's files."""
         app = web.Application(client_max_size=self.max_upload,
-                              middlewares=[guards.cache_control, guards.origin_only])
+                              middlewares=[guards.same_origin_only, bad_requests, guards.cache_control])
         app[SERVER] = self
         for module in ROUTE_MODULES:
             for r in module.routes:

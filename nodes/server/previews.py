@@ -1,4 +1,10 @@
-"""Live sampler previews as ComfyUI sends them: binary websocket frames holding a JPEG."""
+"""Live sampler previews as ComfyUI sends them: binary websocket frames holding a JPEG, only when asked.
+
+As in ComfyUI, the server's `--preview-method` (default "none") says whether a run sends previews, and a prompt's
+`extra_data.preview_method` overrides it ("default" = the server's; the frontend sends its "Live preview method"
+setting there). "auto" and "latent2rgb" both give the sampler's latent preview (three latent channels, no VAE
+run); "taesd", which the frontend may ask for, falls back to it as ComfyUI does when it has no TAESD decoder.
+API clients that ask for nothing therefore get no binary frames, only the saved images through /history + /view."""
 from __future__ import annotations
 
 import json
@@ -6,6 +12,8 @@ import struct
 from io import BytesIO
 
 PREVIEW_MAX = 512
+SERVER_METHODS = ("none", "auto", "latent2rgb")
+PER_PROMPT_METHODS = ("default",) + SERVER_METHODS + ("taesd",)
 
 
 class BinaryEventTypes:
@@ -13,6 +21,14 @@ class BinaryEventTypes:
     UNENCODED_PREVIEW_IMAGE = 2
     TEXT = 3
     PREVIEW_IMAGE_WITH_METADATA = 4
+
+
+def previews_wanted(server_method: str, extra_data: dict) -> bool:
+    """Whether a run sends previews: the prompt's own method, else (absent or "default") the server's."""
+    method = (extra_data or {}).get("preview_method") or "default"
+    if method == "default":
+        method = server_method
+    return method != "none"
 
 
 def preview_frame(image, node_id, prompt_id, with_metadata: bool):

@@ -29,13 +29,79 @@ def json_reply(obj, status=200):
     return web.Response(text=json.dumps(obj, default=json_default), status=status, content_type="application/json")
 
 
-async def json_body(request) -> dict:
-    """The request's JSON object, or {} when the body is not a JSON object."""
+MAX_JSON_DEPTH = 64  # a real workflow nests a few levels; 1000 levels broke every later /history reply
+
+
+class BadRequest(ValueError):
+    """A request the server refuses with 400 and this message."""
+
+
+def _refuse_constant(name):
+    raise BadRequest(f"{name} is not JSON (numbers must be finite)")
+
+
+def _depth_ok(value, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            if d > limit:
+                return False
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def parse_json(text: str):
+    """Strict JSON: NaN and Infinity, and nesting deeper than MAX_JSON_DEPTH, are BadRequests."""
     try:
-        data = await request.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except BadRequest:
+        raise
+    except ValueError as e:
+        raise BadRequest(f"body is not JSON: {e}") from None
+    if not _depth_ok(value, MAX_JSON_DEPTH):
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+async def read_json(request, empty=None):
+    """The request's body as strict JSON (`empty` for an empty body); BadRequest when it is not."""
+    try:
+        text = await request.text()
+    except UnicodeDecodeError:
+        raise BadRequest("body is not UTF-8 text") from None
+    return empty if not text.strip() else parse_json(text)
+
+
+async def json_body(request) -> dict:
+    """The request's JSON object ({} for an empty body); BadRequest when it is anything else."""
+    data = await read_json(request, empty={})
+    if not isinstance(data, dict):
+        raise BadRequest(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def id_list(data: dict, *keys) -> list[str]:
+    """The list of string ids under the first of `keys` present ([] if none); BadRequest for another shape."""
+    for key in keys:
+        if data.get(key) is not None:
+            ids = data[key]
+            if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+                raise BadRequest(f"{key!r} must be a list of id strings")
+            return ids
+    return []
+
+
+@web.middleware
+async def bad_requests(request, handler):
+    """A BadRequest raised anywhere in a handler is a 400 with its message."""
+    try:
+        return await handler(request)
+    except BadRequest as e:
+        return web.json_response({"error": {"type": "bad_request", "message": str(e), "details": str(e),
+                                            "extra_info": {}}, "node_errors": {}}, status=400)
 
 
 def to_int(v, default):

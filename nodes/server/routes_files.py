@@ -16,20 +16,35 @@ from typing import Optional
 from aiohttp import web
 
 from .. import host
+from .. import limits
+from ..limits import PixelLimitError, check_image_size
 from .replies import ascii_name, atomic_write, server_of
 
 routes = web.RouteTableDef()
 
 _BAD_CHARS = re.compile(r'[\x00-\x1f<>:"|?*\\/]')
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes; the rest is room for a " (12)" de-duplicating suffix
 
 
 def sanitize_filename(name: str) -> str:
-    """A bare file name: no folders, no control or reserved characters, not hidden, not '.'/'..'."""
+    """A bare file name: no folders, no control or reserved characters, not hidden, not '.'/'..', at most
+    MAX_NAME_BYTES in UTF-8 with its extension kept."""
     name = os.path.basename(str(name).replace("\\", "/")).strip()
     name = _BAD_CHARS.sub("_", name).lstrip(".").strip()
     if not name or name in (".", ".."):
         raise ValueError("invalid file name")
-    return name[:200]
+    return shorten_name(name)
+
+
+def shorten_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
+    """`name` cut to `limit` UTF-8 bytes by shortening its stem (never mid-character), keeping the extension."""
+    if len(name.encode()) <= limit:
+        return name
+    stem, ext = os.path.splitext(name)
+    if len(ext.encode()) > 16:  # not an extension
+        stem, ext = name, ""
+    stem = stem.encode()[: limit - len(ext.encode())].decode("utf-8", "ignore").rstrip() or "file"
+    return stem + ext
 
 
 def safe_join(base, *parts) -> Path:
@@ -84,7 +99,7 @@ async def _upload(request, mask: bool):
     image = post.get("image")
     if image is None or not hasattr(image, "file"):
         return web.Response(status=400, text="no image")
-    kind = post.get("type") or "input"
+    kind = str(post.get("type") or "input")
     base = dir_by_type(kind)
     if base is None:
         return web.Response(status=400, text="invalid type")
@@ -98,21 +113,17 @@ async def _upload(request, mask: bool):
     if len(data) > s.max_upload:
         return web.json_response({"error": "file too large"}, status=413)
     overwrite = str(post.get("overwrite", "")).lower() in ("true", "1")
-    if mask:
-        try:
+    try:
+        if mask:
             data = merge_mask(post.get("original_ref"), data)
-        except PermissionError as e:
-            return web.Response(status=403, text=str(e))
-        except (ValueError, FileNotFoundError, OSError) as e:
-            return web.Response(status=400, text=f"bad mask upload: {e}")
-    else:
-        try:
-            from PIL import Image
-
-            with Image.open(BytesIO(data)) as im:
-                im.verify()
-        except Exception:  # noqa: BLE001
-            return web.Response(status=400, text="not an image")
+        else:
+            check_image(BytesIO(data), f"uploaded image {name!r}", verify=True)
+    except PermissionError as e:
+        return web.Response(status=403, text=str(e))
+    except PixelLimitError as e:
+        return web.Response(status=400, text=str(e))
+    except (ValueError, OSError) as e:
+        return web.Response(status=400, text=f"bad {'mask' if mask else 'image'} upload: {e}")
     folder.mkdir(parents=True, exist_ok=True)
     stem, ext = os.path.splitext(name)
     path = folder / name
@@ -128,17 +139,44 @@ async def _upload(request, mask: bool):
     return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
 
 
+def check_image(file, what: str, verify: bool = False):
+    """(width, height) of an image file from its header, refusing a non-image (ValueError) or one over
+    --max-image-pixels (PixelLimitError) before anything is decoded; `verify` also checks the whole file."""
+    from PIL import Image
+
+    try:
+        with Image.open(file) as im:
+            size = im.size
+            check_image_size(*size, what=what)
+            if verify:
+                im.verify()
+    except PixelLimitError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise PixelLimitError(f"{what} is more than this server's limit of {limits.LIMITS.max_image_pixels} "
+                              f"pixels (--max-image-pixels): {e}") from None
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a file that is not an image
+        raise ValueError(f"{what} is not an image ({type(e).__name__}: {e})") from None
+    return size
+
+
 def merge_mask(original_ref, mask_bytes: bytes) -> bytes:
     """The original image with the uploaded mask's alpha (ComfyUI's mask editor protocol)."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    ref = json.loads(original_ref or "{}")
+    ref = json.loads(str(original_ref or "{}"))
+    if not isinstance(ref, dict):
+        raise ValueError("original_ref must be a JSON object with filename, subfolder and type")
     fname, tag = split_annotated(str(ref.get("filename", "")))
     base = dir_by_type(tag or ref.get("type") or "output")
     if base is None:
         raise ValueError("invalid type")
     path = safe_join(base, str(ref.get("subfolder", "") or ""), fname)
+    check_image(path, f"mask's original image {fname!r}")
+    check_image(BytesIO(mask_bytes), "uploaded mask")
     with Image.open(path) as orig:
         meta = PngInfo()
         for k, v in (getattr(orig, "text", None) or {}).items():
@@ -173,10 +211,14 @@ async def view(request):
         return web.Response(status=404)
     name = path.name
     disposition = {"Content-Disposition": f'filename="{ascii_name(name)}"'}
-    if "preview" in q:
-        return _view_preview(path, q, disposition)
     channel = q.get("channel", "rgba")
-    if channel in ("rgb", "a"):
+    if "preview" in q or channel in ("rgb", "a"):  # re-encoded: only images, only up to the pixel limit
+        try:
+            check_image(path, f"{name!r}")
+        except (ValueError, OSError) as e:
+            return web.Response(status=400, text=f"cannot preview: {e}")
+        if "preview" in q:
+            return _view_preview(path, q, disposition)
         return _view_channel(path, channel, disposition)
     ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
     return web.FileResponse(path, headers={**disposition, "Content-Type": ctype})
@@ -188,7 +230,7 @@ def _view_preview(path: Path, q, headers):
 
     info = q["preview"].split(";")
     fmt = info[0] if info[0] in ("webp", "jpeg") and "a" not in q.get("channel", "") else "webp"
-    quality = int(info[-1]) if info[-1].isdigit() else 90
+    quality = min(100, max(1, int(info[-1]))) if info[-1].isdigit() else 90
     with Image.open(path) as img:
         if fmt == "jpeg" or q.get("channel") == "rgb":
             img = img.convert("RGB")

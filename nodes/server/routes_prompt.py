@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 
@@ -11,8 +12,9 @@ from aiohttp import WSMsgType, web
 
 from .. import host
 from ..execution import SENSITIVE_EXTRA_DATA_KEYS, validate_prompt
+from .previews import PER_PROMPT_METHODS
 from .queue import job_from_history, job_from_queue, public_item
-from .replies import json_body, json_reply, server_of, to_int
+from .replies import BadRequest, id_list, json_body, json_reply, read_json, server_of, to_int
 
 log = logging.getLogger("qwenimage.server")
 routes = web.RouteTableDef()
@@ -62,34 +64,80 @@ def _prompt_error(type_, message, status=400):
     return web.json_response({"error": err, "node_errors": {}}, status=status)
 
 
+MAX_PROMPT_ID = 200
+
+
+def _priority(s, data: dict) -> float:
+    """The queue position: the client's `number`, else the next one (negated for `front`)."""
+    if "number" in data:
+        n = data["number"]
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n):
+            raise BadRequest(f"'number' must be a finite number, not {json.dumps(n)[:50]}")
+        return float(n)
+    number = s.number
+    s.number += 1
+    return -number if data.get("front") else number
+
+
+def _prompt_id(s, data: dict) -> str:
+    """The client's `prompt_id` (a new id if none); one that is queued, running or in the history is refused, so
+    a second prompt never silently replaces the first one's history entry."""
+    pid = data.get("prompt_id")
+    if pid is not None and not isinstance(pid, str):
+        raise BadRequest("'prompt_id' must be a string")
+    if pid is None or pid == "":
+        return str(uuid.uuid4())
+    if not isinstance(pid, (str, int)) or isinstance(pid, bool) or len(str(pid)) > MAX_PROMPT_ID:
+        raise BadRequest(f"'prompt_id' must be a string of at most {MAX_PROMPT_ID} characters")
+    pid = str(pid)
+    running, pending = s.queue.current()
+    if pid in s.queue.history or any(x[1] == pid for x in running + pending):
+        raise BadRequest(f"prompt_id {pid!r} is already used (queued, running or in the history): "
+                         "give a new one, or none")
+    return pid
+
+
+def _extra_data(s, data: dict) -> dict:
+    extra = data.get("extra_data") or {}
+    if not isinstance(extra, dict):
+        raise BadRequest(f"'extra_data' must be an object, not {type(extra).__name__}")
+    extra = dict(extra)
+    if "client_id" in data:
+        extra["client_id"] = data["client_id"]
+    if extra.get("client_id") is not None and not isinstance(extra["client_id"], str):
+        raise BadRequest("'client_id' must be a string")
+    method = extra.get("preview_method")
+    if method is not None and method not in PER_PROMPT_METHODS:
+        raise BadRequest(f"extra_data.preview_method {method!r}: one of {', '.join(PER_PROMPT_METHODS)}")
+    return extra
+
+
+def _targets(data: dict):
+    targets = data.get("partial_execution_targets")
+    if targets is not None and (not isinstance(targets, list)
+                                or not all(isinstance(t, (str, int)) and not isinstance(t, bool) for t in targets)):
+        raise BadRequest("'partial_execution_targets' must be a list of node ids")
+    return targets
+
+
 @routes.post("/prompt")
 async def post_prompt(request):
     s = server_of(request)
     try:
-        data = await request.json()
-    except ValueError:
-        return _prompt_error("invalid_json", "Body is not JSON")
+        data = await read_json(request)
+    except BadRequest as e:
+        return _prompt_error("invalid_json", str(e))
     if not isinstance(data, dict):
-        data = {}
-    if "number" in data:
-        number = float(data["number"])
-    else:
-        number = s.number
-        if data.get("front"):
-            number = -number
-        s.number += 1
+        return _prompt_error("invalid_json", f"expected a JSON object, got {type(data).__name__}")
     if "prompt" not in data:
         return _prompt_error("no_prompt", "No prompt provided")
-    prompt = data["prompt"]
-    prompt_id = str(data.get("prompt_id") or uuid.uuid4())
-    targets = data.get("partial_execution_targets")
+    prompt, targets, extra = data["prompt"], _targets(data), _extra_data(s, data)
+    _prompt_id(s, data)  # refuse a bad or used id before validating
     v = await asyncio.get_running_loop().run_in_executor(None, validate_prompt, prompt, s.mappings, targets)
     if not v.ok:
         log.warning("invalid prompt: %s", v.error)
         return web.json_response({"error": v.error, "node_errors": v.node_errors}, status=400)
-    extra = dict(data.get("extra_data") or {})
-    if "client_id" in data:
-        extra["client_id"] = data["client_id"]
+    prompt_id, number = _prompt_id(s, data), _priority(s, data)  # again: another request may have taken it since
     sensitive = {k: extra.pop(k) for k in SENSITIVE_EXTRA_DATA_KEYS if k in extra}
     extra["create_time"] = int(time.time() * 1000)
     s.queue.put((number, prompt_id, {str(k): v_ for k, v_ in prompt.items()}, extra, v.outputs, sensitive))
@@ -109,7 +157,7 @@ async def post_queue(request):
     data = await json_body(request)
     if data.get("clear"):
         s.queue.wipe()
-    for pid in data.get("delete") or []:
+    for pid in id_list(data, "delete"):
         s.queue.delete(pid)
     return web.Response(status=200)
 
@@ -119,6 +167,8 @@ async def interrupt(request):
     s = server_of(request)
     data = await json_body(request)
     pid = data.get("prompt_id")
+    if pid is not None and not isinstance(pid, str):
+        raise BadRequest("'prompt_id' must be a string")
     if pid is None or pid == s.running_prompt_id:
         if s.running_prompt_id is not None:
             host.request_interrupt()
@@ -162,7 +212,7 @@ async def post_history(request):
     data = await json_body(request)
     if data.get("clear"):
         s.queue.history.clear()
-    for pid in data.get("delete") or []:
+    for pid in id_list(data, "delete"):
         s.queue.history.pop(pid, None)
     return web.Response(status=200)
 
@@ -219,5 +269,5 @@ async def job_cancel(request):
 async def jobs_cancel(request):
     s = server_of(request)
     data = await json_body(request)
-    ids = data.get("job_ids") or data.get("ids") or []
+    ids = id_list(data, "job_ids", "ids")
     return web.json_response({"cancelled": [pid for pid in ids if s.cancel(pid)]})

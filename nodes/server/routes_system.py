@@ -27,7 +27,7 @@ routes = web.RouteTableDef()
 
 WORKFLOWS_DIR = Path(__file__).resolve().parent.parent.parent / "workflows"
 TEMPLATES_MODULE = "Qwen-Image"
-FIRST_TEMPLATES: tuple = ()  # template names shown first in the browser, in this order; the rest by name
+FIRST_TEMPLATES: tuple = ("demo",)  # template names shown first in the browser, in this order; the rest by name
 
 
 def example_workflows(folder: Path = WORKFLOWS_DIR) -> list[str]:

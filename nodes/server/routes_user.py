@@ -2,20 +2,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Optional
 
 from aiohttp import web
 
-from .replies import atomic_write, json_body, server_of
-from .routes_files import safe_join
+from .replies import BadRequest, atomic_write, json_body, read_json, server_of
+from .routes_files import MAX_NAME_BYTES, safe_join
 
+log = logging.getLogger("qwenimage.server")
 routes = web.RouteTableDef()
 
 # Settings the server answers until the user saves their own: this is not ComfyUI, so the frontend should not
 # ask api.comfy.org whether a newer ComfyUI exists, nor open its template browser on first start.
-DEFAULT_SETTINGS = {"Comfy.Notification.ShowVersionUpdates": False, "Comfy.TutorialCompleted": True}
+DEFAULT_SETTINGS = {"Comfy.Notification.ShowVersionUpdates": False, "Comfy.TutorialCompleted": True,
+                    # no node packs can be installed here: first_screen.js names the missing types instead
+                    "Comfy.Workflow.ShowMissingNodesWarning": False}
 SETTINGS_FILE = "comfy.settings.json"
 
 
@@ -24,11 +28,33 @@ def user_dir(s) -> Path:
 
 
 def user_path(s, rel: str) -> Optional[Path]:
-    """user_dir/rel, or None when rel leaves the folder."""
+    """user_dir/rel, or None when rel leaves the folder or a name in it is too long for a file system."""
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in rel.replace("\\", "/").split("/")):
+        return None
     try:
         return safe_join(user_dir(s), rel)
     except PermissionError:
         return None
+
+
+def file_path(s, rel: str) -> Path:
+    """user_dir/rel for a file to write: BadRequest when rel leaves the folder or names a folder."""
+    path = user_path(s, rel)
+    if path is None:
+        raise BadRequest(f"invalid path {rel[:100]!r}: it leaves the user folder or a name is longer than "
+                         f"{MAX_NAME_BYTES} bytes")
+    if same_path(path, user_dir(s)) or path.is_dir():
+        raise BadRequest(f"invalid path {rel!r}: a folder, not a file name")
+    return path
+
+
+def write_file(path: Path, data: bytes, rel: str):
+    """Write a user file atomically; a path the file system refuses (a file where a folder should be) is a
+    BadRequest naming it."""
+    try:
+        atomic_write(path, data)
+    except (NotADirectoryError, FileExistsError, IsADirectoryError) as e:
+        raise BadRequest(f"cannot write {rel!r}: {e.strerror}") from None
 
 
 def rel_name(s, path: Path) -> str:
@@ -63,9 +89,14 @@ async def create_user(request):
 # ---- settings
 
 def load_settings(s, defaults: bool = True) -> dict:
+    """The saved settings (an object; a file holding anything else, or broken, counts as none saved)."""
+    path = user_dir(s) / SETTINGS_FILE
     try:
-        saved = json.loads((user_dir(s) / SETTINGS_FILE).read_text())
-    except (FileNotFoundError, ValueError):
+        saved = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError, OSError):
+        saved = {}
+    if not isinstance(saved, dict):
+        log.warning("%s holds %s, not an object of settings: ignored", path, type(saved).__name__)
         saved = {}
     return {**DEFAULT_SETTINGS, **saved} if defaults else saved
 
@@ -97,10 +128,7 @@ async def setting(request):
 @routes.post("/settings/{id}")
 async def post_setting(request):
     s = server_of(request)
-    try:
-        value = await request.json()
-    except ValueError:
-        return web.Response(status=400, text="body is not JSON")
+    value = await read_json(request)
     cur = load_settings(s, defaults=False)
     cur[request.match_info["id"]] = value
     save_settings(s, cur)
@@ -170,15 +198,13 @@ async def get_userdata(request):
 @routes.post("/userdata/{file}")
 async def post_userdata(request):
     s = server_of(request)
-    path = user_path(s, request.match_info["file"])
-    if path is None:
-        return web.Response(status=400, text="invalid path")
+    path = file_path(s, request.match_info["file"])
     q = request.rel_url.query
     overwrite = q.get("overwrite", "true") != "false"
     if path.exists() and not overwrite:
         return web.Response(status=409, text="File already exists")
     body = await request.read()
-    atomic_write(path, body)
+    write_file(path, body, request.match_info["file"])
     return web.json_response(file_info(path, user_dir(s)) if q.get("full_info", "false").lower() == "true"
                              else rel_name(s, path))
 
@@ -198,15 +224,18 @@ async def delete_userdata(request):
 async def move_userdata(request):
     s = server_of(request)
     src = user_path(s, request.match_info["file"])
-    dst = user_path(s, request.match_info["dest"])
-    if src is None or dst is None:
+    dst = file_path(s, request.match_info["dest"])
+    if src is None:
         return web.Response(status=400, text="invalid path")
     if not src.is_file():
         return web.Response(status=404)
     overwrite = request.rel_url.query.get("overwrite", "true") != "false"
     if dst.exists() and not overwrite:
         return web.Response(status=409, text="File already exists")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    except (NotADirectoryError, FileExistsError, IsADirectoryError) as e:
+        raise BadRequest(f"cannot move to {request.match_info['dest']!r}: {e.strerror}") from None
     return web.json_response(file_info(dst, user_dir(s)) if request.rel_url.query.get("full_info", "false") == "true"
                              else rel_name(s, dst))

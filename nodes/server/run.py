@@ -1,6 +1,7 @@
 """Starting the server: folders, a background-thread server for tests and notebooks, and `qwenimage serve`."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import threading
@@ -9,7 +10,9 @@ from pathlib import Path
 from aiohttp import web
 
 from .. import host
+from ..limits import Limits
 from .app import MAX_UPLOAD_MB, PromptServer
+from .previews import SERVER_METHODS
 
 
 def configure(models_dir=None, input_dir=None, output_dir=None, temp_dir=None):
@@ -76,9 +79,16 @@ class ServerThread:
 
 
 def serve(listen="127.0.0.1", port=8188, models_dir=None, input_dir=None, output_dir=None, temp_dir=None,
-          user_dir="user", max_upload_mb=MAX_UPLOAD_MB):
+          user_dir="user", max_upload_mb=MAX_UPLOAD_MB, preview_method="none", limits: Limits | None = None,
+          allowed_origins=(), allowed_hosts=()):
     configure(models_dir, input_dir, output_dir, temp_dir)
-    server = PromptServer(user_dir=user_dir, max_upload_mb=max_upload_mb)
+    limits = limits or Limits()
+    from PIL import Image
+
+    # Pillow refuses (as a "decompression bomb") images over twice its own limit: ours is checked first
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limits.max_image_pixels)
+    server = PromptServer(user_dir=user_dir, max_upload_mb=max_upload_mb, preview_method=preview_method,
+                          limits=limits, allowed_origins=allowed_origins, allowed_hosts=allowed_hosts)
     shown = f"[{listen}]" if ":" in listen else listen
     print(f"qwenimage serve: {len(server.mappings)} node types; models from {host.models_dir().resolve()}; "
           f"outputs to {Path(host.output_dir()).resolve()}", flush=True)
@@ -89,8 +99,21 @@ def serve(listen="127.0.0.1", port=8188, models_dir=None, input_dir=None, output
 
 def cmd_serve(a) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    serve(a.listen, a.port, a.models_dir, a.input_dir, a.output_dir, a.temp_dir, a.user_dir, a.max_upload_size)
+    limits = Limits(max_image_pixels=a.max_image_pixels, max_latent_pixels=a.max_latent_pixels,
+                    max_cache_mb=a.max_cache_mb)
+    serve(a.listen, a.port, a.models_dir, a.input_dir, a.output_dir, a.temp_dir, a.user_dir, a.max_upload_size,
+          a.preview_method, limits, a.allow_origin, a.allow_host)
     return 0
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive finite number")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def register_cli(sub) -> None:
@@ -108,5 +131,25 @@ def register_cli(sub) -> None:
     p.add_argument("--output-dir", default=None, help="saved images (default ./output)")
     p.add_argument("--temp-dir", default=None, help="previews (default ./temp)")
     p.add_argument("--user-dir", default="user", help="settings and saved workflows (default ./user)")
-    p.add_argument("--max-upload-size", type=float, default=MAX_UPLOAD_MB, help="in MB (default 100)")
+    p.add_argument("--max-upload-size", type=_positive(float), default=MAX_UPLOAD_MB, help="in MB (default 100)")
+    p.add_argument("--preview-method", choices=SERVER_METHODS, default="none",
+                   help="live sampler previews sent to the editor: none (default, as ComfyUI), auto or latent2rgb "
+                        "(both: the latent preview); a prompt's extra_data.preview_method (the frontend's "
+                        "'Live preview method' setting) overrides it")
+    d = Limits()
+    p.add_argument("--max-image-pixels", type=_positive(int), default=d.max_image_pixels,
+                   help=f"largest image (width x height; a file's frames together) uploaded, loaded or made "
+                        f"(default {d.max_image_pixels} = 8192 x 4096)")
+    p.add_argument("--max-latent-pixels", type=_positive(int), default=d.max_latent_pixels,
+                   help=f"largest latent batch, in image pixels: width x height x batch "
+                        f"(default {d.max_latent_pixels} = 4 x 2048 x 2048)")
+    p.add_argument("--max-cache-mb", type=_positive(float), default=d.max_cache_mb,
+                   help=f"tensors the output cache keeps between runs, largest dropped first "
+                        f"(default {d.max_cache_mb:g}; loaded models are not counted)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                   help="also accept browser requests from this origin (e.g. a reverse proxy's https://host); "
+                        "repeatable. Others than the server's own are refused")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also accept this Host name when listening on loopback (others are refused against "
+                        "DNS rebinding); repeatable")
     p.set_defaults(fn=cmd_serve)
