@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh ""   # (an explicit "": a bare `source` would hand it this script's arguments)
-if [ $# -eq 0 ]; then set -- serve --models-dir models; fi
+if [ $# -eq 0 ]; then set -- serve --models-dir models --preview-method auto; fi  # live previews in the editor
 exec "$PY" -m qwenimage.cli "$@"
