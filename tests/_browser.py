@@ -8,6 +8,14 @@
 
 `page.requests` records every request with its response status, `page.failures()` lists failed loads and
 responses >= 400, `page.console_errors()` console errors and exceptions.
+
+Helpers for the ComfyUI frontend in such a page (any test that drives the editor uses them):
+
+    page = await open_editor(browser, url)        # fresh page, frontend booted, first graph configured
+    g = await graph_of(page)                      # {"nodes": [[id, type, widget values]], "links": [...]}
+    await listen(page); await click(page, RUN_BUTTON); events = await wait_run(page)
+    shown = await output_images(page)             # images the SaveImage / PreviewImage nodes hold
+    await command(page, "Comfy.LoadDefaultWorkflow"); texts = await toasts(page)
 """
 from __future__ import annotations
 
@@ -236,3 +244,78 @@ class _Launcher:
     async def __aexit__(self, *exc):
         if self.browser is not None:
             await self.browser.close()
+
+
+# ---- the ComfyUI frontend in a page
+
+EDITOR_READY = ("window.app && app.graph && app.api && app.extensionManager && typeof LiteGraph !== 'undefined' && "
+                "!!document.querySelector('canvas') && app.graph._nodes.length > 0")
+RUN_BUTTON = '[data-testid="queue-button"]'  # the action bar's Run (the frontend's queue)
+TOAST = '[data-testid="toast"], .p-toast-message'  # a toast (reka's, PrimeVue's in older frontends)
+RUN_EVENTS = ("execution_start", "executing", "progress", "executed", "execution_cached", "execution_success",
+              "execution_error", "execution_interrupted", "b_preview")
+RUN_DONE = ("execution_success", "execution_error", "execution_interrupted")
+
+
+async def open_editor(browser: Browser, url: str, timeout=90) -> Page:
+    """A new page on the editor, once the frontend has booted and configured its first graph."""
+    page = await browser.new_page()
+    await page.goto(url.rstrip("/") + "/")
+    await page.wait_for(EDITOR_READY, timeout=timeout)
+    return page
+
+
+async def graph_of(page: Page) -> dict:
+    """The graph on the canvas: nodes as [id, type, widget values] by id, and links."""
+    return json.loads(await page.eval(
+        "JSON.stringify({nodes: app.graph._nodes.map(n => [String(n.id), n.type, (n.widgets || [])"
+        ".map(w => w.value)]).sort((a, b) => Number(a[0]) - Number(b[0])), links: app.graph.serialize().links})"))
+
+
+async def server_node_types(page: Page) -> list:
+    """The node types the server publishes (/object_info), as the frontend fetched them."""
+    return json.loads(await page.eval("app.api.getNodeDefs().then(d => JSON.stringify(Object.keys(d)))"))
+
+
+async def click(page: Page, selector: str, timeout=30):
+    """A real mouse click (pressed and released) at the middle of the first element `selector` matches."""
+    box = await page.wait_for(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return ''; "
+                              "const r = e.getBoundingClientRect(); return r.width > 0 ? JSON.stringify([r.x + r.width / 2, "
+                              "r.y + r.height / 2]) : ''; })()", timeout=timeout)
+    x, y = json.loads(box)
+    for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+        await page.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left",
+                                                     "clickCount": 1 if kind != "mouseMoved" else 0})
+
+
+async def command(page: Page, command_id: str):
+    """Run one of the frontend's commands (as its menus and keybindings do), e.g. Comfy.LoadDefaultWorkflow."""
+    await page.eval(f"app.extensionManager.command.execute({json.dumps(command_id)}).then(() => true)")
+
+
+async def listen(page: Page):
+    """Record the server's run messages in the page (window.__events), from now on."""
+    await page.eval("(() => { window.__events = []; if (window.__listening) return true; window.__listening = true;"
+                    f"for (const e of {json.dumps(list(RUN_EVENTS))}) app.api.addEventListener(e, ev => "
+                    "window.__events.push([e, e === 'b_preview' ? ev.detail.size : ev.detail])); return true; })()")
+
+
+async def wait_run(page: Page, timeout=120) -> list:
+    """The run messages recorded by `listen` once the run has ended (succeeded, failed or was interrupted)."""
+    await page.wait_for(f"window.__events.some(e => {json.dumps(list(RUN_DONE))}.includes(e[0]))", timeout=timeout)
+    return json.loads(await page.eval("JSON.stringify(window.__events)"))
+
+
+async def output_images(page: Page, timeout=30) -> list:
+    """The loaded images of the SaveImage / PreviewImage nodes ({src, w, complete}), once at least one is there."""
+    js = ("JSON.stringify(app.graph._nodes.filter(n => n.type === 'SaveImage' || n.type === 'PreviewImage')"
+          ".flatMap(n => (n.imgs || []).map(i => ({src: i.src, w: i.naturalWidth, complete: i.complete}))))")
+    got = await page.wait_for(f"(() => {{ const r = {js}; return JSON.parse(r).some(i => i.complete && i.w > 0) ? r "
+                              f": ''; }})()", timeout=timeout)
+    return json.loads(got)
+
+
+async def toasts(page: Page) -> list:
+    """The texts of the toasts on screen."""
+    return json.loads(await page.eval(
+        f"JSON.stringify([...document.querySelectorAll({json.dumps(TOAST)})].map(e => e.innerText))"))

@@ -2,6 +2,10 @@
 shipped workflow (UI format) through its own JS API, queues it against tiny models, and shows the output image;
 no request fails and the console shows no error. Screenshots land in the test's tmp folder.
 
+The first screen (issue 18): a fresh browser profile opens on the server's graph (all its node types served, no
+missing-nodes warning, no console error), Run on it makes the image, "Load Default Workflow" gives the same graph,
+and a ComfyUI graph of nodes we lack gets our message naming them.
+
 Needs Debian's `chromium` (`.ci/run` installs it when it runs as root); skipped with the reason otherwise."""
 import asyncio
 import glob
@@ -11,7 +15,8 @@ import time
 
 import pytest
 
-from _browser import Browser, find_chromium
+from _browser import (RUN_BUTTON, TOAST, Browser, click, command, find_chromium, graph_of, listen, open_editor,
+                      output_images, server_node_types, toasts, wait_run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = sorted(p for p in glob.glob(os.path.join(REPO, "workflows", "*.json")) if not p.endswith("_api.json"))
@@ -29,16 +34,6 @@ SPEED_UP = """(() => {
   return true;
 })()"""
 
-LISTEN = """(() => {
-  window.__events = [];
-  for (const e of ['execution_start', 'executing', 'progress', 'executed', 'execution_cached',
-                   'execution_success', 'execution_error', 'execution_interrupted', 'b_preview'])
-    app.api.addEventListener(e, ev => window.__events.push([e, e === 'b_preview' ? ev.detail.size : ev.detail]));
-  return true;
-})()"""
-
-OUTPUT_IMAGES = """JSON.stringify(app.graph._nodes.filter(n => n.type === 'SaveImage' || n.type === 'PreviewImage')
-  .map(n => (n.imgs || []).map(i => ({src: i.src, w: i.naturalWidth, complete: i.complete}))))"""
 
 
 @pytest.fixture(scope="module")
@@ -72,40 +67,30 @@ def test_frontend_runs_every_workflow(served, tmp_path):
 async def _drive(served, tmp_path):
     url, report = served["url"], {"screenshots": [], "runs": {}}
     async with Browser.launch(tmp_path) as browser:
-        page = await browser.new_page()
         t0 = time.monotonic()
-        await page.goto(url + "/")
-        await page.wait_for("window.app && app.graph && app.api && typeof LiteGraph !== 'undefined' && "
-                            "!!document.querySelector('canvas')", timeout=90)
+        page = await open_editor(browser, url)
         # the node definitions arrived from /object_info
         assert await page.eval("!!LiteGraph.registered_node_types['QwenImageSampler'] && "
                                "!!LiteGraph.registered_node_types['SaveImage']")
         report["boot_s"] = round(time.monotonic() - t0, 1)
-        await page.eval(LISTEN)
         for path in WORKFLOWS:
             name = os.path.splitext(os.path.basename(path))[0]
             with open(path) as f:
                 workflow = json.load(f)
-            await page.eval("window.__events.length = 0; true")
+            await listen(page)
             await page.eval(f"app.loadGraphData({json.dumps(workflow)}).then(() => true)")
             assert await page.eval("app.graph._nodes.length") == len(workflow["nodes"]), name
             await page.eval(SPEED_UP)
             t = time.monotonic()
             queued = await page.eval("app.queuePrompt(0).then(r => r)")
             assert queued is not False, f"{name}: the frontend refused to queue"
-            await page.wait_for("window.__events.some(e => ['execution_success', 'execution_error', "
-                                "'execution_interrupted'].includes(e[0]))", timeout=120)
-            events = await page.eval("JSON.stringify(window.__events)")
-            events = json.loads(events)
+            events = await wait_run(page)
             kinds = [e[0] for e in events]
             err = [e[1] for e in events if e[0] == "execution_error"]
             assert not err, f"{name}: {err[0].get('node_type')}: {err[0].get('exception_message')}"
             assert "execution_success" in kinds and "executed" in kinds, (name, kinds)
             # the output image arrives in the page: the SaveImage node holds it, loaded from /api/view
-            imgs = await page.wait_for(f"(() => {{ const r = {OUTPUT_IMAGES}; "
-                                       "return JSON.parse(r).flat().some(i => i.complete && i.w > 0) ? r : ''; })()",
-                                       timeout=30)
-            shown = [i for group in json.loads(imgs) for i in group]
+            shown = await output_images(page)
             assert any("/api/view?" in i["src"] and "type=output" in i["src"] for i in shown), (name, shown)
             await page.eval("(async () => { try { await app.extensionManager.command.execute('Comfy.Canvas.FitView') }"
                             " catch (e) {} return true })()")
@@ -122,4 +107,88 @@ async def _drive(served, tmp_path):
         report["requests"] = len(page.requests)
     assert not failures, "failed requests:\n" + "\n".join(failures)
     assert not errors, "console errors:\n" + "\n".join(errors)
+    return report
+
+
+# A ComfyUI graph of nodes this server lacks, plus one of ours
+FOREIGN = {"last_node_id": 3, "last_link_id": 0, "links": [], "groups": [], "config": {}, "extra": {}, "version": 0.4,
+           "nodes": [{"id": 1, "type": "UNETLoader", "pos": [0, 0], "size": [300, 100], "widgets_values": ["x"]},
+                     {"id": 2, "type": "KSampler", "pos": [350, 0], "size": [300, 260]},
+                     {"id": 3, "type": "QwenImageVAELoader", "pos": [0, 200], "size": [300, 60]}]}
+FRONTEND_MISSING_HINTS = ("Missing Node Packs", "install missing", "Install All")
+VIRTUAL_NODES = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")  # the frontend's own, never sent to a server
+
+
+def test_first_screen(served, tmp_path):
+    """A browser with a fresh profile, against a server with no saved settings or workflows."""
+    from qwenimage.nodes import server as S
+
+    srv = S.PromptServer(user_dir=tmp_path / "user")
+    with S.ServerThread(srv) as url:
+        report = asyncio.run(_first_screen(url, tmp_path))
+    print(json.dumps(report, indent=1))
+
+
+def _body_text(page):
+    return page.eval("document.body.innerText")
+
+
+async def _first_screen(url, tmp_path):
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/qwenimage/first_screen") as r:
+        chosen = json.load(r)
+    report = {"workflow": chosen["name"]}
+    async with Browser.launch(tmp_path) as browser:
+        page = await open_editor(browser, url)
+        await asyncio.sleep(1.0)  # toasts and panels a load triggers
+        first = await graph_of(page)
+        report["screenshot"] = str(await page.screenshot(tmp_path / "first_screen.png"))
+        # the server's graph, every node type of which the server has
+        assert sorted(n[0] for n in first["nodes"]) == sorted(str(n["id"]) for n in chosen["workflow"]["nodes"])
+        assert [n[1] for n in first["nodes"]] == [n["type"] for n in sorted(chosen["workflow"]["nodes"],
+                                                                             key=lambda n: n["id"])]
+        served_types = set(await server_node_types(page))
+        assert {n[1] for n in first["nodes"]} <= served_types | set(VIRTUAL_NODES), first["nodes"]
+        assert "QwenImageSampler" in {n[1] for n in first["nodes"]}
+        # no missing-nodes warning, ours or the frontend's
+        assert await toasts(page) == []
+        text = await _body_text(page)
+        assert not [h for h in FRONTEND_MISSING_HINTS if h.lower() in text.lower()], text[:2000]
+        assert not page.console_errors(), page.console_errors()
+
+        # Run, pressed as a user does, on tiny models
+        await page.eval(SPEED_UP)
+        await listen(page)
+        await click(page, RUN_BUTTON)
+        events = await wait_run(page)
+        kinds = [e[0] for e in events]
+        err = [e[1] for e in events if e[0] == "execution_error"]
+        assert not err, f"{err[0].get('node_type')}: {err[0].get('exception_message')}"
+        assert "execution_success" in kinds, kinds
+        shown = await output_images(page)
+        assert any("/api/view?" in i["src"] and "type=output" in i["src"] for i in shown), shown
+        report["image"] = [i["src"].split("?")[1] for i in shown]
+
+        # the frontend's "Load Default Workflow" gives the same graph (widgets as they were before the speed-up)
+        await command(page, "Comfy.LoadDefaultWorkflow")
+        again = await graph_of(page)
+        assert again == first
+
+        failures, errors = page.failures(), page.console_errors()
+        assert not failures, "failed requests:\n" + "\n".join(failures)
+        assert not errors, "console errors:\n" + "\n".join(errors)
+
+        # someone's ComfyUI graph: our message names the types we lack, instead of the frontend's pack hint
+        await page.eval(f"app.loadGraphData({json.dumps(FOREIGN)}).then(() => true)")
+        shown = await page.wait_for(f"(() => {{ const t = [...document.querySelectorAll({json.dumps(TOAST)})]"
+                                    ".map(e => e.innerText).join(' '); return t.includes('KSampler') ? t : ''; })()",
+                                    timeout=30)
+        report["foreign_message"] = shown
+        assert "KSampler" in shown and "UNETLoader" in shown and "Qwen-Image nodes only" in shown, shown
+        assert "QwenImageVAELoader" not in shown
+        await asyncio.sleep(1.0)
+        text = await _body_text(page)
+        assert not [h for h in FRONTEND_MISSING_HINTS if h.lower() in text.lower()], text[:2000]
+        await page.screenshot(tmp_path / "foreign.png")
     return report

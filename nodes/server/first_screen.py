@@ -77,17 +77,24 @@ def _with_note(workflow: dict, text: str) -> dict:
     return wf
 
 
+def _fit_view(workflow: dict) -> dict:
+    """Without a saved camera the frontend fits the whole graph (the note included) to the window."""
+    wf = copy.deepcopy(workflow)
+    (wf.get("extra") or {}).pop("ds", None)
+    return wf
+
+
 def first_workflow(mappings: dict, folder: Path) -> tuple[str, Optional[dict]]:
     """(name, UI-format graph) for a new browser: the demo when its API twin validates here (its model files
     are present), else text-to-image, its note naming the files it lacks and where they go."""
     demo, demo_api = _read(folder, DEMO), _read(folder, DEMO + "_api")
     if demo is not None and demo_api is not None and validate_prompt(demo_api, mappings).ok:
-        return DEMO, demo
+        return DEMO, _fit_view(demo)
     wf, api = _read(folder, FALLBACK), _read(folder, FALLBACK + "_api")
     if wf is None:
         return FALLBACK, None
     missing = missing_files(api or {})
-    return FALLBACK, _with_note(wf, where_files_go(missing)) if missing else wf
+    return FALLBACK, _fit_view(_with_note(wf, where_files_go(missing)) if missing else wf)
 
 
 @routes.get("/qwenimage/first_screen")

@@ -1,0 +1,137 @@
+"""The editor's first screen in `qwenimage serve` (issue 18), without a browser: which graph the server hands the
+frontend (the demo when its model files are present, else text-to-image with a note saying where the files go),
+and that the JS extension that swaps it in is served and listed as a pack's extension. test_browser.py checks the
+page itself."""
+import copy
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from qwenimage.nodes import host
+from qwenimage.nodes import server as S
+from qwenimage.nodes.server import first_screen as F
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = REPO / "workflows"
+FILES = {"diffusion_models": "qwen_image_fp8_e4m3fn.safetensors", "text_encoders":
+         "qwen_2.5_vl_7b_fp8_scaled.safetensors", "vae": "qwen_image_vae.safetensors"}
+
+
+@pytest.fixture
+def models(tmp_path):
+    """An empty models folder as the host's; restored after."""
+    old = host.models_dir()
+    host.set_models_dir(tmp_path / "models")
+    yield tmp_path / "models"
+    host.set_models_dir(old)
+
+
+def put_files(models_dir, files=FILES):
+    for kind, name in files.items():
+        (models_dir / kind).mkdir(parents=True, exist_ok=True)
+        (models_dir / kind / name).write_bytes(b"")  # listed by name; nothing loads them here
+
+
+def mappings():
+    return S.default_mappings()[0]
+
+
+def load(name):
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def node(wf, type_):
+    return next(n for n in wf["nodes"] if n["type"] == type_)
+
+
+def test_no_model_files_gives_text_to_image_with_a_note_naming_folder_and_files(models):
+    name, wf = F.first_workflow(mappings(), WORKFLOWS)
+    assert name == "text_to_image"
+    note = node(wf, "Note")["widgets_values"][0]
+    assert str(models.resolve()) in note
+    for kind, file in FILES.items():
+        assert f"{kind}/{file}" in note
+    shipped = load("text_to_image")
+    # the graph is the shipped one: same nodes and links; only the note's text and the camera differ
+    strip = lambda w: [{k: v for k, v in n.items() if k != "widgets_values"} for n in w["nodes"]]  # noqa: E731
+    assert strip(wf) == strip(shipped) and wf["links"] == shipped["links"]
+    assert "ds" not in wf.get("extra", {})  # the frontend fits the whole graph, note included, to the window
+
+
+def test_note_lists_only_the_files_that_are_missing(models):
+    put_files(models, {"vae": FILES["vae"]})
+    _, wf = F.first_workflow(mappings(), WORKFLOWS)
+    note = node(wf, "Note")["widgets_values"][0]
+    assert "diffusion_models/" + FILES["diffusion_models"] in note and "vae/" not in note
+
+
+def test_with_the_files_the_shipped_note_stays(models):
+    put_files(models)
+    name, wf = F.first_workflow(mappings(), WORKFLOWS)
+    assert name == "text_to_image"
+    assert node(wf, "Note")["widgets_values"] == node(load("text_to_image"), "Note")["widgets_values"]
+
+
+def test_demo_when_its_files_are_present(models, tmp_path):
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    for n in ("text_to_image", "text_to_image_api"):
+        shutil.copy(WORKFLOWS / f"{n}.json", folder / f"{n}.json")
+    # a stand-in demo: a graph whose model files we control
+    shutil.copy(WORKFLOWS / "text_to_image.json", folder / "demo.json")
+    shutil.copy(WORKFLOWS / "text_to_image_api.json", folder / "demo_api.json")
+    assert F.first_workflow(mappings(), folder)[0] == "text_to_image"  # no files: the demo cannot run
+    put_files(models)
+    name, wf = F.first_workflow(mappings(), folder)
+    assert name == "demo" and [n["type"] for n in wf["nodes"]] == [n["type"] for n in load("text_to_image")["nodes"]]
+    (folder / "demo_api.json").unlink()  # a demo without its API twin cannot be checked: not offered
+    assert F.first_workflow(mappings(), folder)[0] == "text_to_image"
+
+
+def test_a_workflow_without_a_note_gets_one_above_it():
+    wf = load("text_to_image")
+    wf["nodes"] = [n for n in wf["nodes"] if n["type"] != "Note"]
+    before = copy.deepcopy(wf)
+    out = F._with_note(wf, "put files here")
+    assert wf == before  # the input is not changed
+    note = node(out, "Note")
+    assert note["widgets_values"] == ["put files here"]
+    assert note["id"] == max(n["id"] for n in before["nodes"]) + 1 == out["last_node_id"]
+    assert note["pos"][1] + note["size"][1] < min(n["pos"][1] for n in before["nodes"])
+
+
+def test_root_package_declares_no_web_directory():
+    """Inside ComfyUI the extension is not loaded: ComfyUI's own default graph works there."""
+    import qwenimage
+
+    assert not hasattr(qwenimage, "WEB_DIRECTORY")
+
+
+@pytest.fixture
+def server(models, tmp_path):
+    srv = S.PromptServer(user_dir=tmp_path / "user")
+    with S.ServerThread(srv) as url:
+        yield url
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.status, r.headers.get("Content-Type", ""), r.read()
+
+
+def test_served_listed_and_answered(server):
+    status, _, body = get(server + "/extensions")
+    listed = json.loads(body)
+    assert "/extensions/qwenimage/first_screen.js" in listed
+    assert any(p.startswith("/extensions/core/") for p in listed)  # the frontend's own stay
+    status, ctype, body = get(server + "/extensions/qwenimage/first_screen.js")
+    assert status == 200 and "javascript" in ctype and b"registerExtension" in body and b"beforeConfigureGraph" in body
+    for prefix in ("", "/api"):
+        status, _, body = get(server + prefix + "/qwenimage/first_screen")
+        reply = json.loads(body)
+        assert reply["name"] == "text_to_image" and node(reply["workflow"], "QwenImageSampler")
+    settings = json.loads(get(server + "/settings")[2])
+    assert settings["Comfy.Workflow.ShowMissingNodesWarning"] is False  # our message replaces the pack hint
