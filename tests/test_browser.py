@@ -48,7 +48,7 @@ def served(tmp_path_factory, tokenizer):
     write_input_images(root / "input")
     old = (host.models_dir(), host.input_dir(), host.output_dir(), host.temp_dir())
     S.configure(root / "models", root / "input", root / "output", root / "temp")
-    srv = S.PromptServer(user_dir=root / "user")
+    srv = S.PromptServer(user_dir=root / "user", preview_method="auto")  # as scripts/run.sh starts the editor
     thread = S.ServerThread(srv)
     url = thread.start()
     yield {"url": url, "root": root, "server": srv}
