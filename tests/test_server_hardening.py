@@ -13,7 +13,6 @@ import zlib
 import aiohttp
 import pytest
 import torch
-from PIL import Image
 
 from qwenimage.nodes import host, limits
 from qwenimage.nodes import server as S
@@ -370,7 +369,8 @@ def _healthy(srv):
 
 def test_non_finite_numbers_and_deep_nesting_are_refused(srv):
     base = json.dumps({"prompt": graph(seed=301)})
-    for bad in (base[:-1] + ', "number": NaN}', base[:-1] + ', "number": Infinity}', base[:-1] + ', "number": -Infinity}',
+    for bad in (base[:-1] + ', "number": NaN}', base[:-1] + ', "number": Infinity}',
+                base[:-1] + ', "number": -Infinity}',
                 base.replace('"delay": 0.0', '"delay": NaN'), base.replace('"seed": 301', '"seed": Infinity')):
         status, body = raw(srv, "POST", "/api/prompt", bad.encode(), {"Content-Type": "application/json"})
         assert status == 400 and b"finite" in body, (bad[-40:], status, body)
@@ -463,3 +463,14 @@ def test_long_upload_names_keep_their_extension(srv):
         status, r2, _ = upload(srv, name, png_bytes((4, 5, 6, 255)))
         assert status == 200 and r2["name"] != r["name"] and (srv.root / "input" / r2["name"]).is_file()
     assert S.sanitize_filename("\U0001F600" * 150 + ".png").endswith("\U0001F600.png")
+
+
+def test_uploads_and_user_files_get_the_usual_mode(srv):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    status, r, _ = upload(srv, "mode.png", png_bytes((7, 7, 7, 255)))
+    assert status == 200 and (srv.root / "input" / r["name"]).stat().st_mode & 0o777 == 0o666 & ~umask
+    assert raw(srv, "POST", "/api/userdata/workflows%2Fmode.json", b"{}")[0] == 200
+    assert (srv.root / "user" / "default" / "workflows" / "mode.json").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -81,7 +81,8 @@ def check_request(request, allowed_origins=(), allowed_hosts=()) -> tuple[int, s
             if host is not None and o != host:
                 return 403, f"cross-site request refused: {which} {origin[:100]!r} is not {host_header!r}"
         site = headers.get("Sec-Fetch-Site")
-        if acts and site in ("cross-site", "same-site") and (headers.get("Origin") or "").rstrip("/") not in allowed_origins:
+        allowed = (headers.get("Origin") or "").rstrip("/") in allowed_origins
+        if acts and site in ("cross-site", "same-site") and not allowed:
             return 403, f"cross-site request refused (Sec-Fetch-Site: {site})"
     except ValueError as e:
         return 400, str(e)

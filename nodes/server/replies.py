@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from aiohttp import web
+
+from ...qwenimage_core.images import create_temp
 
 SERVER = web.AppKey("qwenimage_server", object)
 
@@ -117,9 +118,10 @@ def ascii_name(name: str) -> str:
 
 
 def atomic_write(path: Path, data: bytes):
-    """Write `data` to `path` through a temporary file in the same folder: readers never see half a file."""
+    """Write `data` to `path` through a temporary file in the same folder: readers never see half a file. The
+    file gets the usual mode (0666 less the umask), not mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    fd, tmp = create_temp(path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

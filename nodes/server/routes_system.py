@@ -107,7 +107,8 @@ async def extensions(request):
     out = ["/" + p.relative_to(s.web_root).as_posix() for p in sorted(own.rglob("*.js"))] if own.is_dir() else []
     for pack, folder in s.extension_dirs.items():
         if Path(folder).is_dir():
-            out += [f"/extensions/{pack}/" + p.relative_to(folder).as_posix() for p in sorted(Path(folder).rglob("*.js"))]
+            scripts = sorted(Path(folder).rglob("*.js"))
+            out += [f"/extensions/{pack}/" + p.relative_to(folder).as_posix() for p in scripts]
     return web.json_response(out)
 
 
