@@ -58,7 +58,11 @@ def test_no_model_files_gives_text_to_image_with_a_note_naming_folder_and_files(
     # the graph is the shipped one: same nodes and links; only the note's text and the camera differ
     strip = lambda w: [{k: v for k, v in n.items() if k != "widgets_values"} for n in w["nodes"]]  # noqa: E731
     assert strip(wf) == strip(shipped) and wf["links"] == shipped["links"]
-    assert "ds" not in wf.get("extra", {})  # the frontend fits the whole graph, note included, to the window
+    # the camera frames the top-left corner (the note) at a scale where text is drawn
+    ds = wf["extra"]["ds"]
+    note_pos = node(wf, "Note")["pos"]
+    assert [(p + o) * ds["scale"] for p, o in zip(note_pos, ds["offset"])] == pytest.approx(list(F.CAMERA_MARGIN))
+    assert ds["scale"] >= 0.7
 
 
 def test_note_lists_only_the_files_that_are_missing(models):
