@@ -247,6 +247,19 @@ def test_cross_site_websocket_is_refused(srv):
     assert asyncio.run(connect(srv.url)) is True
 
 
+def test_odd_websocket_messages_are_ignored(srv):
+    async def go():
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"{srv.url}/ws?clientId=odd") as ws:
+            await ws.send_str(json.dumps({"type": "feature_flags", "data": [1, 2]}))
+            await ws.send_str("{not json")
+            await ws.send_bytes(b"\x00\x01")
+            await asyncio.sleep(0.2)
+            return srv.server.client_flags.get("odd")
+
+    assert asyncio.run(go()) == {}
+    _healthy(srv)
+
+
 def test_allowed_origins_and_hosts(tmp_path):
     server = S.PromptServer(HMAPPINGS, {}, user_dir=tmp_path / "user", allowed_origins=["https://proxy.example/"],
                             allowed_hosts=["mybox"])

@@ -42,7 +42,8 @@ async def websocket(request):
                 except ValueError:
                     continue
                 if first and isinstance(data, dict) and data.get("type") == "feature_flags":
-                    s.client_flags[sid] = data.get("data") or {}
+                    flags = data.get("data")
+                    s.client_flags[sid] = flags if isinstance(flags, dict) else {}
                     await s.send("feature_flags", s.feature_flags(), sid)
                 first = False
             elif msg.type == WSMsgType.ERROR:
