@@ -384,6 +384,7 @@ def test_non_finite_numbers_and_deep_nesting_are_refused(srv):
     base = json.dumps({"prompt": graph(seed=301)})
     for bad in (base[:-1] + ', "number": NaN}', base[:-1] + ', "number": Infinity}',
                 base[:-1] + ', "number": -Infinity}',
+                base[:-1] + ', "number": 1e400}',
                 base.replace('"delay": 0.0', '"delay": NaN'), base.replace('"seed": 301', '"seed": Infinity')):
         status, body = raw(srv, "POST", "/api/prompt", bad.encode(), {"Content-Type": "application/json"})
         assert status == 400 and b"finite" in body, (bad[-40:], status, body)
@@ -401,6 +402,7 @@ MALFORMED = [  # (method, path, body): each was a 500 before
     ("POST", "/api/prompt", {"prompt": {"1": {"class_type": 5, "inputs": {}}}}),
     ("POST", "/api/prompt", {"prompt": graph(), "number": "abc"}),
     ("POST", "/api/prompt", {"prompt": graph(), "number": [1]}),
+    ("POST", "/api/prompt", {"prompt": graph(), "number": 10 ** 400}),
     ("POST", "/api/prompt", {"prompt": graph(), "extra_data": "x"}),
     ("POST", "/api/prompt", {"prompt": graph(), "extra_data": [1, 2]}),
     ("POST", "/api/prompt", {"prompt": graph(), "partial_execution_targets": 5}),

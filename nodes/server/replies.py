@@ -3,6 +3,7 @@ writes, and the aiohttp key under which the app holds its PromptServer."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -41,6 +42,13 @@ def _refuse_constant(name):
     raise BadRequest(f"{name} is not JSON (numbers must be finite)")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 reads as inf
+        raise BadRequest(f"{text[:30]} is not a finite number")
+    return value
+
+
 def _depth_ok(value, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
@@ -55,7 +63,7 @@ def _depth_ok(value, limit: int) -> bool:
 def parse_json(text: str):
     """Strict JSON: NaN and Infinity, and nesting deeper than MAX_JSON_DEPTH, are BadRequests."""
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except BadRequest:

@@ -72,9 +72,12 @@ def _priority(s, data: dict) -> float:
     """The queue position: the client's `number`, else the next one (negated for `front`)."""
     if "number" in data:
         n = data["number"]
-        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n):
-            raise BadRequest(f"'number' must be a finite number, not {json.dumps(n)[:50]}")
-        return float(n)
+        try:
+            if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n):
+                raise OverflowError
+            return float(n)
+        except OverflowError:
+            raise BadRequest(f"'number' must be a finite number, not {str(n)[:50]}") from None
     number = s.number
     s.number += 1
     return -number if data.get("front") else number
