@@ -9,7 +9,7 @@ from .schedules import (ScheduleConfig, euler_step, fixed_shift_sigmas, initial_
 from .text_encoder import QwenTextEncoder, load_text_encoder
 from .transformer import QwenImageTransformer
 from .weights import CheckpointError
-from .vae import QwenImageVAE, VAEConfig, load_vae, save_vae
+from .vae import QwenImageVAE, VAEConfig, load_vae, save_comfyui_vae, save_vae
 from .lora import LoraError, apply_loras, read_lora, save_lora
 from .sampling import Conditioning, Interrupted, denoise
 from .offload import BlockSwap, plan_for_budget
@@ -20,6 +20,7 @@ __all__ = [
     "register_attention_backend", "save_comfyui_transformer", "save_transformer", "set_attention_backend",
     "ScheduleConfig", "euler_step", "fixed_shift_sigmas", "initial_noise", "official_sigmas", "pack_latents",
     "unpack_latents", "QwenTextEncoder", "load_text_encoder", "QwenImageVAE", "VAEConfig", "load_vae", "save_vae",
+    "save_comfyui_vae",
     "LoraError", "apply_loras", "read_lora", "save_lora", "Conditioning", "Interrupted", "denoise", "BlockSwap",
     "plan_for_budget", "Placement", "QwenImage", "load_pipeline",
 ]

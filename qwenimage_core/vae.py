@@ -329,6 +329,15 @@ class QwenImageVAE(nn.Module):
         out = self._run(lambda t: self.decoder(self.post_quant_conv(t)), z4, up=True).clamp_(-1.0, 1.0)
         return out.unsqueeze(2) if five else out
 
+    def forward(self, x: torch.Tensor, generator=None, sample_posterior: bool = True):
+        """Training: images -> (reconstruction, posterior). The reconstruction is not clamped (a clamp would stop
+        the gradient of every pixel beyond [-1, 1]); the latents are a posterior sample, or its mean."""
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        z4, five = _frame(z)
+        out = self._run(lambda t: self.decoder(self.post_quant_conv(t)), z4, up=True)
+        return (out.unsqueeze(2) if five else out), posterior
+
     def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
         return normalize_latents(z, self.config)
 
@@ -558,3 +567,11 @@ def save_vae(model: QwenImageVAE, folder) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_file_atomic(state, os.path.join(folder, "diffusion_pytorch_model.safetensors"), {"format": "pt"})
     _write_json(model.config.to_dict(), os.path.join(folder, "config.json"))
+
+
+def save_comfyui_vae(model: QwenImageVAE, path) -> None:
+    """Write the ComfyUI/Wan single file (qwen_image_vae.safetensors' names), atomically. The architecture is read
+    back off the shapes; the latent statistics are the official ones there (ComfyUI has no place for others)."""
+    nrb = model.config.num_res_blocks
+    state = {diffusers_to_comfy(k, nrb): v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file_atomic(state, os.fspath(path), {"format": "pt"})

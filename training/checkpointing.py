@@ -47,9 +47,10 @@ def list_checkpoints(root) -> list[str]:
 
 
 def save_checkpoint(root, step: int, *, weights: dict, optimizer: dict, scheduler: dict, ema: dict | None,
-                    state: dict, keep_last: int) -> str:
+                    state: dict, keep_last: int, objective: dict | None = None) -> str:
     """Write checkpoint `step` under root/step-XXXXXXXX atomically; prune to the last `keep_last`. Non-finite
-    weights are refused (naming the tensor) before anything is written."""
+    weights are refused (naming the tensor) before anything is written. `objective`: what the objective trains
+    itself ({"weights": ..., "optimizer": ...}, a GAN's discriminator), in objective.safetensors and optimizer.pt."""
     final = os.path.join(root, f"step-{step:08d}")
     check_finite(weights, f"checkpoint {final}")
     if ema is not None:
@@ -83,7 +84,11 @@ def save_checkpoint(root, step: int, *, weights: dict, optimizer: dict, schedule
             {k: v.detach().contiguous().cpu() for k, v in weights.items()}, p))
         if ema is not None:
             write("ema.safetensors", lambda p: save_file_atomic({k: v.contiguous().cpu() for k, v in ema.items()}, p))
-        write("optimizer.pt", lambda p: torch.save({"optimizer": optimizer, "scheduler": scheduler}, p))
+        if objective:
+            write("objective.safetensors", lambda p: save_file_atomic(
+                {k: v.detach().contiguous().cpu() for k, v in objective["weights"].items()}, p))
+        write("optimizer.pt", lambda p: torch.save({"optimizer": optimizer, "scheduler": scheduler,
+                                                    "objective": (objective or {}).get("optimizer")}, p))
         write("state.json", write_json)
         if os.path.isdir(final):  # re-saving the same step (a resumed run): replace it whole
             shutil.rmtree(final)
@@ -105,7 +110,8 @@ def _read_tensors(path) -> dict:
 
 
 def load_checkpoint(path) -> dict:
-    """-> dict(weights, ema (or None), optimizer, scheduler, state); RNG states are restored here."""
+    """-> dict(weights, ema (or None), optimizer, scheduler, state, objective (or None)); RNG states are restored
+    here."""
     need = ("weights.safetensors", "optimizer.pt", "state.json")
     missing = [n for n in need if not os.path.isfile(os.path.join(path, n))]
     if missing:
@@ -123,9 +129,12 @@ def load_checkpoint(path) -> dict:
     ema_path = os.path.join(path, "ema.safetensors")
     weights = _read_tensors(os.path.join(path, "weights.safetensors"))
     ema = _read_tensors(ema_path) if os.path.isfile(ema_path) else None
+    obj_path = os.path.join(path, "objective.safetensors")
+    objective = ({"weights": _read_tensors(obj_path), "optimizer": opt.get("objective")}
+                 if os.path.isfile(obj_path) else None)
     _set_rng_state(state.pop("rng"))
     return {"weights": weights, "ema": ema, "optimizer": opt["optimizer"], "scheduler": opt["scheduler"],
-            "state": state}
+            "state": state, "objective": objective}
 
 
 def resolve_resume(resume, root) -> str | None:

@@ -95,6 +95,27 @@ class LoraConfig:
 
 
 @dataclass
+class VAETrainConfig:
+    """The VAE modes (train.mode = "vae" from model.preset, "vae_decoder" from model.path): data, losses, GAN."""
+    crop: int = 256                   # random square crops of this many pixels (smaller images are scaled up)
+    holdout: int = 4                  # images of the data held out for PSNR/SSIM before and after (no eval_data)
+    eval_data: str = ""               # or a separate folder / JSONL of evaluation images
+    eval_size: int = 0                # their centre crops, in pixels; 0: crop
+    sample_posterior: bool = True     # decode a posterior sample (as the transformer's latents vary); else its mean
+    l1: float = 1.0                   # reconstruction weights (mean absolute / squared error, images in [-1, 1])
+    l2: float = 0.0
+    kl: float = 1e-6                  # KL to N(0, 1) per latent element; mode "vae" only (the encoder is frozen else)
+    perceptual: float = 1.0           # the LPIPS-style term's weight, when perceptual_weights names a file
+    perceptual_weights: str = ""      # safetensors: VGG16 features.N.* (+ LPIPS lin0..lin4); "": no perceptual term
+    gan: float = 0.0                  # patch-GAN weight; 0: no discriminator
+    gan_start: int = 0                # optimiser steps before the discriminator and its term start
+    gan_adaptive: bool = True         # scale the GAN term by LDM's gradient-norm ratio (times `gan`); else `gan` alone
+    disc_lr: float = 1e-4
+    disc_channels: int = 64
+    disc_layers: int = 3
+
+
+@dataclass
 class OutputConfig:
     dir: str = "runs/qwenimage"
     save_every: int = 500
@@ -143,6 +164,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    vae: VAETrainConfig = field(default_factory=VAETrainConfig)
     stages: list = field(default_factory=list)  # of StageConfig
 
     def stage_list(self) -> list[StageConfig]:
@@ -158,14 +180,16 @@ CHOICES = {
     "data.template": ("t2i", "edit", "edit_plus"), "objective.name": ("flow_matching",),
     "objective.timesteps": ("uniform", "logit_normal", "shift", "dynamic"),
     "objective.weighting": ("none", "cosmap", "sigma_sqrt"), "schedule.kind": ("constant", "cosine"),
-    "train.mode": ("pretrain", "full", "lora"), "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.mode": ("pretrain", "full", "lora", "vae", "vae_decoder"), "train.mixed_precision": ("no", "bf16", "fp16"),
     "model.dtype": ("float32", "bfloat16", "float16"),
 }
 POSITIVE = ("data.batch_size", "data.area", "data.min_size", "optimizer.lr", "train.steps", "train.grad_accum",
             "lora.rank", "lora.alpha", "output.save_every", "output.keep_last", "logging.every",
             "validation.width", "validation.height", "validation.steps", "objective.shift", "objective.logit_std",
-            "optimizer.eps", "train.max_nonfinite_steps")
-NON_NEGATIVE = ("train.max_grad_norm", "optimizer.weight_decay", "schedule.warmup", "train.seed")
+            "optimizer.eps", "train.max_nonfinite_steps", "vae.crop", "vae.disc_lr", "vae.disc_channels",
+            "vae.disc_layers")
+NON_NEGATIVE = ("train.max_grad_norm", "optimizer.weight_decay", "schedule.warmup", "train.seed", "vae.holdout",
+                "vae.eval_size", "vae.l1", "vae.l2", "vae.kl", "vae.perceptual", "vae.gan", "vae.gan_start")
 
 
 def _build(cls, raw: dict, where: str):
@@ -224,10 +248,12 @@ def validate(cfg: Config) -> Config:
     if bool(cfg.model.preset) == bool(cfg.model.path):
         raise ConfigError("model: give exactly one of model.preset (pretraining from scratch) and model.path "
                           "(fine-tuning a checkpoint)")
-    if cfg.train.mode == "pretrain" and not cfg.model.preset:
-        raise ConfigError("train.mode: 'pretrain' starts from random weights: set model.preset")
-    if cfg.train.mode in ("full", "lora") and not cfg.model.path:
+    if cfg.train.mode in ("pretrain", "vae") and not cfg.model.preset:
+        raise ConfigError(f"train.mode: {cfg.train.mode!r} starts from random weights: set model.preset")
+    if cfg.train.mode in ("full", "lora", "vae_decoder") and not cfg.model.path:
         raise ConfigError(f"train.mode: {cfg.train.mode!r} fine-tunes a checkpoint: set model.path")
+    if cfg.train.mode in ("vae", "vae_decoder"):
+        _validate_vae(cfg)
     if not cfg.data.path and not all(s.data for s in cfg.stages or [StageConfig()]):
         raise ConfigError("data.path: required (or a data path in every stage)")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
@@ -245,6 +271,15 @@ def validate(cfg: Config) -> Config:
     if cfg.validation.width % 16 or cfg.validation.height % 16:
         raise ConfigError("validation.width/height: must be multiples of 16")
     return cfg
+
+
+def _validate_vae(cfg: Config) -> None:
+    v = cfg.vae
+    for key in ("crop", "eval_size"):
+        if getattr(v, key) % 8:
+            raise ConfigError(f"vae.{key}: {getattr(v, key)} pixels is not a multiple of 8 (the VAE's 8x down)")
+    if v.l1 + v.l2 + (v.perceptual if v.perceptual_weights else 0) <= 0:
+        raise ConfigError("vae.l1 / vae.l2 / vae.perceptual: at least one reconstruction weight must be positive")
 
 
 def check_finite(value, path: str = "") -> None:

@@ -58,11 +58,12 @@ class LoadReport:
 
 
 def load_samples(path, *, kind: str = "auto", on_error: str = "skip", min_size: int = 64, caption_ext: str = ".txt",
-                 base_dir=None, report: bool = False):
+                 base_dir=None, report: bool = False, captions: bool = True):
     """Read and validate a dataset -> sorted list[Sample] (or (samples, LoadReport) with report=True).
 
     kind: "folder", "manifest" or "auto" (a directory is a folder, a file a JSONL manifest). on_error: "skip"
-    logs a warning per bad sample and leaves it out; "error" raises one DataError naming every bad sample."""
+    logs a warning per bad sample and leaves it out; "error" raises one DataError naming every bad sample.
+    captions=False (VAE training): images alone; a caption is read when there is one, never required."""
     if on_error not in ("skip", "error"):
         raise ValueError(f"on_error must be 'skip' or 'error', not {on_error!r}")
     path = os.path.abspath(os.fspath(path))
@@ -71,17 +72,17 @@ def load_samples(path, *, kind: str = "auto", on_error: str = "skip", min_size: 
     if kind == "folder":
         if not os.path.isdir(path):
             raise DataError(f"dataset folder not found: {path}")
-        rows, problems = _folder_rows(path, caption_ext)
+        rows, problems = _folder_rows(path, caption_ext, captions)
     elif kind == "manifest":
         if not os.path.isfile(path):
             raise DataError(f"manifest not found: {path}")
-        rows, problems = _manifest_rows(path, os.path.abspath(base_dir or os.path.dirname(path)))
+        rows, problems = _manifest_rows(path, os.path.abspath(base_dir or os.path.dirname(path)), captions)
     else:
         raise ValueError(f"kind must be 'auto', 'folder' or 'manifest', not {kind!r}")
 
     samples = []
     for where, row in rows:
-        sample, problem = _validate(row, where, min_size)
+        sample, problem = _validate(row, where, min_size, captions)
         if problem:
             problems.append(problem)
         else:
@@ -102,7 +103,7 @@ def load_samples(path, *, kind: str = "auto", on_error: str = "skip", min_size: 
 
 # ---------------------------------------------------------------------------------------------- the two layouts
 
-def _folder_rows(root: str, caption_ext: str):
+def _folder_rows(root: str, caption_ext: str, captions: bool = True):
     """(where, row) per image file under root, in sorted walk order; a missing or unreadable caption file is a
     problem of that image."""
     rows, problems = [], []
@@ -118,6 +119,9 @@ def _folder_rows(root: str, caption_ext: str):
             cap_path = os.path.join(dirpath, stem + caption_ext)
             if why := _not_regular(image):  # before the caption: the image is the sample's name
                 problems.append(f"{image}: image: {why}")
+                continue
+            if not captions and not os.path.isfile(cap_path):
+                rows.append((image, {"image": image, "caption": "", "category": category}))
                 continue
             if why := _not_regular(cap_path):
                 problems.append(f"{cap_path}: caption: {why}")
@@ -135,7 +139,7 @@ def _folder_rows(root: str, caption_ext: str):
     return rows, problems
 
 
-def _manifest_rows(manifest: str, base: str):
+def _manifest_rows(manifest: str, base: str, captions: bool = True):
     """(where, row) per non-blank line; JSON and type errors are problems naming manifest:line and the field."""
     rows, problems = [], []
     with open(manifest, encoding="utf-8") as fh:
@@ -149,7 +153,7 @@ def _manifest_rows(manifest: str, base: str):
         except json.JSONDecodeError as e:
             problems.append(f"{where}: json: not valid JSON ({e.msg} at column {e.colno})")
             continue
-        problem = _check_types(row)
+        problem = _check_types(row, captions)
         if problem:
             problems.append(f"{where}: {problem}")
             continue
@@ -160,16 +164,16 @@ def _manifest_rows(manifest: str, base: str):
     return rows, problems
 
 
-def _check_types(row) -> str | None:
+def _check_types(row, captions: bool = True) -> str | None:
     """The first field of a manifest row with a wrong type or value, as 'field: problem', or None."""
     if not isinstance(row, dict):
         return f"json: expected an object, got {type(row).__name__}"
-    for name in ("image", "caption"):
+    for name in ("image", "caption") if captions else ("image",):
         if name not in row:
             return f"{name}: missing"
     if not isinstance(row["image"], str) or not row["image"]:
         return f"image: expected a path string, got {row['image']!r}"
-    if not isinstance(row["caption"], str):
+    if not isinstance(row.get("caption", ""), str):
         return f"caption: expected a string, got {type(row['caption']).__name__}"
     refs = row.get("references", [])
     if not isinstance(refs, list) or not all(isinstance(r, str) and r for r in refs):
@@ -208,10 +212,10 @@ def image_size(path: str) -> tuple[int, int]:
     return size
 
 
-def _validate(row: dict, where: str, min_size: int):
+def _validate(row: dict, where: str, min_size: int, captions: bool = True):
     """Sample or the problem with it ('where: field: problem'); `where` is the image path or manifest:line."""
-    caption = row["caption"].strip()
-    if not caption:
+    caption = row.get("caption", "").strip()
+    if captions and not caption:
         return None, f"{where}: caption: empty"
     for k, path in enumerate((row["image"], *row.get("references", ()))):
         if why := _not_regular(path):

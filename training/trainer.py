@@ -1,7 +1,7 @@
 """The training engine: stages of flow-matching training over cached latents, on accelerate.
 
 One loop serves pretraining from a config preset, full fine-tuning and LoRA (peft), text-to-image and edit
-triples. accelerate places the model, runs mixed precision and distribution (DDP/FSDP/DeepSpeed as configured by
+triples, and the VAE modes (`vae_run`: a VAE from scratch, or decoder-only fine-tuning, on image crops). accelerate places the model, runs mixed precision and distribution (DDP/FSDP/DeepSpeed as configured by
 `accelerate launch`); gradients are accumulated by hand so one optimiser step is the same arithmetic on any number
 of processes. Validation images come from the core pipeline, the same code the nodes run."""
 from __future__ import annotations
@@ -27,7 +27,8 @@ from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
 from .config import Config, ConfigError
 from .data import load_samples
 from .guards import LossGuard, check_finite
-from .objectives import build_objective
+from .objectives import VAE_MODES, build_objective
+from .vae_run import build_vae, evaluate, export_vae, heldout, vae_stage_data, write_metrics
 
 log = logging.getLogger("qwenimage.training")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -38,6 +39,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def build_model(cfg: Config) -> QwenImageTransformer:
     """Random init at a preset (pretraining) or a loaded checkpoint; LoRA adapters injected with peft."""
     dtype = DTYPES[cfg.model.dtype]
+    if cfg.train.mode in VAE_MODES:
+        return build_vae(cfg, dtype)
     if cfg.model.preset:
         try:
             model = QwenImageTransformer(preset(cfg.model.preset, **cfg.model.preset_overrides)).to(dtype)
@@ -116,6 +119,8 @@ def stage_cache(cfg: Config, stage):
 
 def stage_data(cfg: Config, stage, encoders: Encoders, accelerator):
     """The stage's samples, cached (built on the main process when incomplete), as (dataset, sampler)."""
+    if cfg.train.mode in VAE_MODES:  # image crops: no cache, no encoders
+        return vae_stage_data(cfg, stage, accelerator)
     samples, settings, cache_dir = stage_cache(cfg, stage)
     if accelerator.is_main_process and missing(samples, settings, cache_dir, cfg.data.on_error):
         vae, te = encoders.get()
@@ -193,14 +198,17 @@ class Trainer:
         self.params = trainable(self.model)
         self.optimizer = make_optimizer(list(self.params.values()), cfg)
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
-        self.objective = build_objective(cfg.objective)
+        self.objective = build_objective(cfg, self.acc)
         self.encoders = Encoders(cfg, self.acc.device)
         self.ema = ({n: p.detach().float().clone() for n, p in self.params.items()}
                     if cfg.train.ema_decay > 0 else None)
         self.step, self.stage_index, self.stage_step, self.sampler_state = 0, 0, 0, None
         self.losses: list[float] = []
+        self.logs: dict = {}              # the objective's last scalars (reconstruction, KL, GAN terms...)
+        self.metrics: dict = {}           # VAE modes: PSNR/SSIM on the held-out images, before and after
         self.loss_guard = LossGuard(cfg.train.max_nonfinite_steps)
         self.ckpt_dir = os.path.join(cfg.output.dir, "checkpoints")
+        self._heldout = None
 
     @property
     def unwrapped(self):
@@ -213,8 +221,8 @@ class Trainer:
             save_checkpoint(self.ckpt_dir, self.step, weights=dict(self.params), optimizer=self.optimizer.state_dict(),
                             scheduler={"stage": self.stage_index, "stage_step": self.stage_step}, ema=self.ema,
                             state={"step": self.step, "stage": self.stage_index, "stage_step": self.stage_step,
-                                   "sampler": sampler.state_dict(), "losses": self.losses},
-                            keep_last=self.cfg.output.keep_last)
+                                   "sampler": sampler.state_dict(), "losses": self.losses, "metrics": self.metrics},
+                            keep_last=self.cfg.output.keep_last, objective=self.objective.state_dict() or None)
         self.acc.wait_for_everyone()
 
     def resume(self, path) -> None:
@@ -230,6 +238,9 @@ class Trainer:
         st = ck["state"]
         self.step, self.stage_index, self.stage_step = st["step"], st["stage"], st["stage_step"]
         self.sampler_state, self.losses = st["sampler"], list(st["losses"])
+        self.metrics = st.get("metrics", {})
+        if ck.get("objective"):
+            self.objective.load_state_dict(ck["objective"])
         log.info("resumed from %s at step %d", path, self.step)
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -238,26 +249,30 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         ga, total = cfg.train.grad_accum, 0.0
+        self.objective.begin_step(self.step)
         for micro in range(ga):
             idx = next(it)
-            batch = collate([dataset[i] for i in idx])
-            batch = {k: (v.to(acc.device) if torch.is_tensor(v) else [r.to(acc.device) for r in v]
-                         if isinstance(v, list) else v) for k, v in batch.items()}
             base = acc.process_index * len(idx)  # the sample's place in the global batch: same noise on any layout
             gens = [torch.Generator().manual_seed(hash((cfg.train.seed, self.step, micro, base + j)) % 2 ** 63)
                     for j in range(len(idx))]
+            # image crops draw their place from the generators; cached samples are read as they are
+            batch = dataset.batch(idx, gens) if hasattr(dataset, "batch") else collate([dataset[i] for i in idx])
+            batch = {k: (v.to(acc.device) if torch.is_tensor(v) else [r.to(acc.device) for r in v]
+                         if isinstance(v, list) else v) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == ga - 1 else acc.no_sync(self.model)
             with sync, acc.autocast():
-                per_sample, _ = self.objective.loss(self.model, batch, gens)
+                per_sample, self.logs = self.objective.loss(self.model, batch, gens)
                 loss = per_sample.mean() / ga
             acc.backward(loss)
             total += loss.detach()
         mean = acc.reduce(total.reshape(1), "mean").item()  # the same on every process: all skip, or none
-        if self.loss_guard.ok(mean, self.step + 1):  # an inf/NaN loss: no update (and a stop after a few)
+        applied = self.loss_guard.ok(mean, self.step + 1)  # an inf/NaN loss: no update (and a stop after a few)
+        if applied:
             if cfg.train.max_grad_norm > 0:
                 acc.clip_grad_norm_(list(self.params.values()), cfg.train.max_grad_norm)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.objective.end_step(applied)  # e.g. the discriminator's own step
         if self.ema is not None and math.isfinite(mean):
             d = cfg.train.ema_decay
             with torch.no_grad():
@@ -275,6 +290,8 @@ class Trainer:
             acc.init_trackers("qwenimage", config={"mode": cfg.train.mode, "lr": cfg.optimizer.lr,
                                                    "batch_size": cfg.data.batch_size, "seed": cfg.train.seed})
         stages = cfg.stage_list()
+        if cfg.train.mode in VAE_MODES and "before" not in self.metrics:
+            self.measure("before")
         total_steps = sum(s.steps for s in stages)
         bar = tqdm(total=total_steps, initial=self.step, disable=not (acc.is_main_process and cfg.logging.progress),
                    desc="train", unit="step")
@@ -297,7 +314,8 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", stage=stage.name or self.stage_index)
                 if cfg.logging.tensorboard and self.step % cfg.logging.every == 0:
-                    acc.log({"loss": loss, "lr": lr, "steps_per_s": done_here / (time.time() - t0)}, step=self.step)
+                    acc.log({"loss": loss, "lr": lr, "steps_per_s": done_here / (time.time() - t0), **self.logs},
+                            step=self.step)
                 if self.step % cfg.output.save_every == 0 and self.stage_step < stage.steps:
                     self.save(sampler)
                 if cfg.validation.every and self.step % cfg.validation.every == 0 and cfg.validation.prompts:
@@ -306,13 +324,31 @@ class Trainer:
             self.stage_index, self.stage_step = self.stage_index + 1, 0
         bar.close()
         outputs = self.export()
+        if cfg.train.mode in VAE_MODES:
+            with self.ema_weights():
+                self.measure("after")
+            if acc.is_main_process:
+                outputs["metrics"] = write_metrics(self.metrics, cfg.output.dir)
         if cfg.validation.prompts:
             self.validate()
         acc.end_training()
         return {**self.summary(), "outputs": outputs}
 
     def summary(self) -> dict:
-        return {"step": self.step, "losses": list(self.losses)}
+        return {"step": self.step, "losses": list(self.losses), **({"metrics": self.metrics} if self.metrics else {})}
+
+    def measure(self, when: str) -> dict:
+        """VAE modes: PSNR/SSIM/L1 of the held-out images' reconstructions, logged and kept under `when`."""
+        if self._heldout is None:
+            self._heldout = heldout(self.cfg)
+        m = evaluate(self.unwrapped, self._heldout, self.cfg.data.batch_size)
+        if m:
+            self.metrics[when] = m
+            log.info("held-out %s training: PSNR %.2f dB, SSIM %.4f (%d images)", when, m["psnr"], m["ssim"],
+                     m["images"])
+            if self.cfg.logging.tensorboard:
+                self.acc.log({f"heldout/{k}": v for k, v in m.items() if k != "images"}, step=self.step)
+        return m
 
     # -- outputs and validation ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -341,7 +377,9 @@ class Trainer:
         model = self.unwrapped
         with self.ema_weights():
             check_finite(self.params, f"the trained weights to {cfg.output.dir}")
-            if cfg.train.mode == "lora":
+            if cfg.train.mode in VAE_MODES:
+                out.update(export_vae(model, cfg))
+            elif cfg.train.mode == "lora":
                 out["lora"] = os.path.join(cfg.output.dir, "lora.safetensors")
                 save_lora(out["lora"], lora_matrices(model, cfg.lora.alpha),
                           {"qwenimage_rank": cfg.lora.rank, "qwenimage_alpha": cfg.lora.alpha,

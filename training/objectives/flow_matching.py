@@ -1,25 +1,15 @@
-"""Training objectives. Each maps (model, batch, generators) to a per-sample loss; the engine reduces, scales
-and backpropagates. Flow matching is the report's pretraining and SFT objective; DPO and GRPO implement the
-same interface (a `loss` over a batch, plus whatever reference model they hold).
-
-Randomness comes from one generator per sample (seeded by the run's seed, the step and the sample's index), so
-the noise a sample sees does not depend on the batch it lands in or the process that draws it: a 2-process
-run then reproduces a 1-process run with the same global batch, and a resumed run the uninterrupted one."""
+"""Flow matching, the report's pretraining and SFT objective: x_t = (1 - sigma) x0 + sigma eps, the model
+predicts the velocity eps - x0, at noise levels drawn by one of four schemes, with an optional loss weighting."""
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 import torch
 
-from ..qwenimage_core.sampling import add_noise
-from ..qwenimage_core.schedules import (ScheduleConfig, calculate_shift, exponential_time_shift, image_seq_len,
-                                        pack_latents, static_time_shift)
-
-
-class Objective(Protocol):
-    def loss(self, model, batch: dict, generators: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
-        """Per-sample losses [B] and scalars to log."""
+from ...qwenimage_core.sampling import add_noise
+from ...qwenimage_core.schedules import (ScheduleConfig, calculate_shift, exponential_time_shift, image_seq_len,
+                                         pack_latents, static_time_shift)
+from .base import Objective
 
 
 def sample_sigmas(scheme: str, u: torch.Tensor, *, height: int, width: int, logit_mean=0.0, logit_std=1.0,
@@ -50,7 +40,7 @@ def loss_weight(scheme: str, sigma: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown loss weighting {scheme!r}")
 
 
-class FlowMatching:
+class FlowMatching(Objective):
     """x_t = (1 - sigma) x0 + sigma eps; the model predicts the velocity eps - x0 (the report's objective)."""
 
     def __init__(self, timesteps="logit_normal", logit_mean=0.0, logit_std=1.0, shift=3.0, weighting="none"):
@@ -90,9 +80,3 @@ class FlowMatching:
         per_sample = ((pred - target.float()) ** 2).mean(dim=(1, 2)) * loss_weight(self.weighting, sigma.float())
         return per_sample, {"sigma": sigma.mean().item()}
 
-
-OBJECTIVES = {"flow_matching": FlowMatching}
-
-
-def build_objective(c) -> Objective:
-    return OBJECTIVES[c.name].from_config(c)
