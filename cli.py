@@ -101,9 +101,10 @@ def check_output(path: str) -> None:
 def cmd_inspect(a) -> int:
     """Say what a checkpoint is, and load it to prove it."""
     from .qwenimage_core import load_transformer
-    from .qwenimage_core.checkpoint import transformer_sources
+    from .qwenimage_core.checkpoint import check_transformer_config, transformer_sources
 
     config, sources = transformer_sources(a.path)
+    check_transformer_config(config, sources)
     files = sorted({f.path for f, _ in sources.values()})
     print(f"transformer: {len(sources)} tensors in {len(files)} file(s)")
     for k, v in config.to_dict().items():

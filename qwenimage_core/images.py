@@ -71,7 +71,13 @@ ASPECT_PRESETS = {
 
 
 def load_image(path, what: str = "image") -> Image.Image:
-    """Open an image file fully (so a bad file fails here, naming it, not halfway through a run)."""
+    """Open an image file fully (so a bad file fails here, naming it, not halfway through a run). Only regular
+    files are opened: a FIFO named x.png would block forever."""
+    import os
+    import stat
+
+    if isinstance(path, (str, os.PathLike)) and os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{what} {path}: not a regular file")
     try:
         with Image.open(path) as im:
             im.load()

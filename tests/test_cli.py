@@ -194,3 +194,13 @@ def test_the_servers_save_image_uses_the_umask_mode_too(tmp_path, monkeypatch):
     (png,) = tmp_path.glob("m_*.png")
     assert png.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == [png.name]
+
+
+def test_inspect_refuses_a_config_the_weights_contradict(tmp_path, capsys):
+    import json
+
+    save_transformer(QwenImageTransformer(preset("tiny")), tmp_path / "transformer")
+    cfg = json.loads((tmp_path / "transformer" / "config.json").read_text())
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps({**cfg, "num_layers": 20000}))
+    assert main(["inspect", str(tmp_path)]) == 2
+    _one_line_error(capsys, "num_layers is 20000 in the config but 2")

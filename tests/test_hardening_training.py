@@ -73,9 +73,11 @@ def test_a_fifo_named_png_is_skipped_without_opening(tmp_path):
     t = threading.Thread(target=lambda: result.update(r=load_samples(tmp_path / "d", report=True)), daemon=True)
     t.start()
     t.join(timeout=60)
-    if t.is_alive():  # unblock the reader so the process can exit, then fail
+    if t.is_alive():  # unblock the reader (a writer that opens and closes: EOF) so the process can exit, then fail
         for name in ("x.png", "y.txt"):
-            with open(tmp_path / "d" / name, "wb"):
+            try:
+                os.close(os.open(tmp_path / "d" / name, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader on this one
                 pass
         pytest.fail("load_samples opened a FIFO and hung")
     samples, report = result["r"]
@@ -267,3 +269,24 @@ progress = false
     for path in written:
         assert all(torch.isfinite(t).all() for t in load_file(path).values()), path
     assert rc == 1 and "error:" in err and ("non-finite" in err or "loss was" in err), err
+
+
+def test_load_image_refuses_a_fifo_without_opening_it(tmp_path):
+    from qwenimage.qwenimage_core.images import load_image
+
+    os.mkfifo(tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"x\.png: not a regular file"):
+        load_image(tmp_path / "x.png", "image")
+
+
+def test_a_damaged_cache_shard_is_a_named_error(tmp_path, encoders):
+    vae, te = encoders
+    make_shapes_dataset(tmp_path / "d", n=2, seed=1)
+    samples = load_samples(tmp_path / "d")
+    settings = CacheSettings(area=64 * 64, dtype="float32")
+    build_cache(samples, tmp_path / "cache", settings, vae, te, progress=False)
+    (shard,) = (tmp_path / "cache").glob("shard-*.safetensors")
+    with open(shard, "r+b") as fh:
+        fh.truncate(os.path.getsize(shard) - 8)
+    with pytest.raises(ValueError, match=r"shard-00000\.safetensors: truncated file"):
+        CachedDataset(samples, tmp_path / "cache", settings)[0]

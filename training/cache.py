@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..qwenimage_core.images import calculate_dimensions, load_image, to_tensor
-from ..qwenimage_core.weights import save_file_atomic
+from ..qwenimage_core.weights import SafetensorsFile, save_file_atomic
 from .buckets import bucket_size
 from .data import DataError, image_size
 
@@ -321,19 +321,17 @@ class CachedDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def _shard(self, name):
-        from safetensors import safe_open
-
-        if name not in self._handles:
-            self._handles[name] = safe_open(os.path.join(self.cache_dir, name), framework="pt")
+        if name not in self._handles:  # the core's reader: a damaged shard is an error naming it
+            self._handles[name] = SafetensorsFile(os.path.join(self.cache_dir, name))
         return self._handles[name]
 
     def __getitem__(self, i: int) -> dict:
         key, entry = self.keys[i], self.entries[i]
         f = self._shard(entry["shard"])
-        embeds = f.get_tensor(f"{key}.embeds").float()
-        return {"latents": f.get_tensor(f"{key}.latents").float(), "embeds": embeds,
+        embeds = f.get(f"{key}.embeds").float()
+        return {"latents": f.get(f"{key}.latents").float(), "embeds": embeds,
                 "mask": torch.ones(embeds.shape[0], dtype=torch.long),
-                "references": [f.get_tensor(f"{key}.ref{k}").float() for k in range(len(entry["refs"]))],
+                "references": [f.get(f"{key}.ref{k}").float() for k in range(len(entry["refs"]))],
                 "weight": float(self.samples[i].weight), "index": i}
 
     def __getstate__(self):  # open shard handles do not cross into DataLoader workers
