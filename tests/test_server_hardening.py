@@ -478,6 +478,11 @@ def test_long_upload_names_keep_their_extension(srv):
         status, r2, _ = upload(srv, name, png_bytes((4, 5, 6, 255)))
         assert status == 200 and r2["name"] != r["name"] and (srv.root / "input" / r2["name"]).is_file()
     assert S.sanitize_filename("\U0001F600" * 150 + ".png").endswith("\U0001F600.png")
+    # folders: a name too long, or a file where a folder should be
+    assert upload(srv, "x.png", png_bytes(), subfolder="a" * 300)[0] == 400
+    (srv.root / "input" / "plain.txt").write_text("x")
+    assert upload(srv, "x.png", png_bytes(), subfolder="plain.txt")[0] == 400
+    assert 400 <= call(srv, "GET", "/api/view?filename=x.png&type=input&subfolder=" + "a" * 300)[0] < 500
 
 
 def test_uploads_and_user_files_get_the_usual_mode(srv):

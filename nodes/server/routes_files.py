@@ -53,8 +53,11 @@ def safe_join(base, *parts) -> Path:
     rel = "/".join(p for p in parts if p)
     if "\x00" in rel or rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel):
         raise PermissionError("absolute path")
-    if any(seg == ".." for seg in re.split(r"[\\/]", rel)):
+    segments = re.split(r"[\\/]", rel)
+    if any(seg == ".." for seg in segments):
         raise PermissionError("path escapes its folder")
+    if any(len(seg.encode()) > MAX_NAME_BYTES for seg in segments):
+        raise PermissionError(f"a name in the path is longer than {MAX_NAME_BYTES} bytes")
     path = (base / rel).resolve() if rel else base
     if path != base and base not in path.parents:
         raise PermissionError("path escapes its folder")
@@ -124,19 +127,28 @@ async def _upload(request, mask: bool):
         return web.Response(status=400, text=str(e))
     except (ValueError, OSError) as e:
         return web.Response(status=400, text=f"bad {'mask' if mask else 'image'} upload: {e}")
+    try:
+        name = _store(folder, name, data, overwrite)
+    except (NotADirectoryError, FileExistsError, IsADirectoryError) as e:
+        return web.Response(status=400, text=f"cannot write into subfolder {subfolder!r}: {e.strerror}")
+    return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
+
+
+def _store(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
+    """Write an upload as folder/name, or as "stem (n).ext" when another file has that name (unless
+    `overwrite`); the same bytes again reuse the file. Returns the name used."""
     folder.mkdir(parents=True, exist_ok=True)
     stem, ext = os.path.splitext(name)
     path = folder / name
     i = 1
     while path.exists() and not overwrite:
-        if hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest():
-            break  # the same file again: reuse it
+        if path.is_file() and hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest():
+            return name  # the same file again: reuse it
         name = f"{stem} ({i}){ext}"
         path = folder / name
         i += 1
-    else:
-        atomic_write(path, data)
-    return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
+    atomic_write(path, data)
+    return name
 
 
 def check_image(file, what: str, verify: bool = False):
