@@ -14,10 +14,13 @@ Where things are:
   routes_files.py   /upload/image, /upload/mask, /view, /internal/files (names sanitised, paths confined)
   routes_user.py    /users, /settings, /userdata (the user folder, `--user-dir`, files under default/)
   routes_system.py  the page, /extensions, templates, /object_info, models, /features, /system_stats, /internal
-  guards.py         middlewares: cache headers, cross-site refusal
+  guards.py         middlewares: cache headers, refusal of cross-site and DNS-rebinding requests
+  replies.py        strict JSON bodies (BadRequest -> 400 with its reason), JSON replies, atomic writes
   queue.py          the prompt queue and the API views of its items (queue, history, jobs)
-  previews.py       live previews as binary websocket frames
+  previews.py       live previews as binary websocket frames, only when --preview-method or the prompt asks
   run.py            configure(), ServerThread (tests, notebooks), serve() and the `serve` command line
+The pixel and cache limits (--max-image-pixels, --max-latent-pixels, --max-cache-mb) are nodes/limits.py: the
+nodes and the validator check them too.
 """
 from .app import MAX_UPLOAD_MB, PromptServer, default_mappings
 from .previews import PREVIEW_MAX, BinaryEventTypes
