@@ -17,7 +17,7 @@ two-element list is a link to another node's output. This module follows ComfyUI
   sampler previews. Interrupts (`host.request_interrupt()`) are honoured between nodes and, inside the sampler,
   between steps.
 
-Used by the standalone server (nodes/server.py, one worker thread) and, directly, by tests as "a plain executor
+Used by the standalone server (nodes/server/, one worker thread) and, directly, by tests as "a plain executor
 that follows the links"::
 
     from qwenimage.nodes.execution import Executor, validate_prompt
