@@ -15,23 +15,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-# Every dtype the command line takes: name -> (compute dtype, weight dtype); fp8 keeps the transformer's linear
-# weights in float8_e4m3fn and computes in bfloat16, as the loader nodes' fp8_e4m3fn.
-DTYPE_NAMES = {"float32": ("float32", None), "fp32": ("float32", None),
-               "bfloat16": ("bfloat16", None), "bf16": ("bfloat16", None),
-               "float16": ("float16", None), "fp16": ("float16", None), "half": ("float16", None),
-               "fp8": ("bfloat16", "float8_e4m3fn"), "float8_e4m3fn": ("bfloat16", "float8_e4m3fn"),
-               "fp8_e4m3fn": ("bfloat16", "float8_e4m3fn")}
-
-
 def parse_dtype(name: str):
-    """'bf16' -> (torch.bfloat16, None); 'fp8' -> (torch.bfloat16, torch.float8_e4m3fn). For argparse's type=."""
-    import torch
+    """The core's dtype names (bf16, fp16, fp32, fp8 and the long ones) for argparse's type=."""
+    from .qwenimage_core.dtypes import parse_dtype as parse
 
-    if name.lower() not in DTYPE_NAMES:
-        raise argparse.ArgumentTypeError(f"unknown dtype {name!r}; use one of {', '.join(DTYPE_NAMES)}")
-    compute, weights = DTYPE_NAMES[name.lower()]
-    return getattr(torch, compute), getattr(torch, weights) if weights else None
+    try:
+        return parse(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_device(name: str) -> str:

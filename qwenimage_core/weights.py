@@ -238,7 +238,10 @@ def save_file_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.PathLik
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
+        try:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
+        except SafetensorError as e:  # a full disk arrives as "Error while serializing: I/O error ..."
+            raise OSError(f"{path}: could not write ({e}); nothing was written under that name") from e
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

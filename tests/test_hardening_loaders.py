@@ -191,3 +191,18 @@ def test_a_tensor_read_error_names_the_file(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(weights, "safe_open", lambda *a, **k: Broken())
     with pytest.raises(CheckpointError, match=r"dit\.safetensors: cannot read tensor .*simulated"):
         load_transformer(tmp_path / "dit.safetensors")
+
+
+def test_a_full_disk_while_writing_weights_names_the_file(tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from qwenimage.qwenimage_core.weights import save_file_atomic
+
+    def full(tensors, path, metadata=None):
+        open(path, "wb").write(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError, match=r"w\.safetensors: could not write .*No space left"):
+        save_file_atomic({"a": torch.zeros(2)}, tmp_path / "w.safetensors")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary

@@ -290,3 +290,10 @@ def test_a_damaged_cache_shard_is_a_named_error(tmp_path, encoders):
         fh.truncate(os.path.getsize(shard) - 8)
     with pytest.raises(ValueError, match=r"shard-00000\.safetensors: truncated file"):
         CachedDataset(samples, tmp_path / "cache", settings)[0]
+
+
+def test_config_dtype_takes_the_command_lines_short_names():
+    assert load_config(_with(model={"preset": "tiny", "dtype": "bf16"})).model.dtype == "bfloat16"
+    assert load_config(_with(model={"preset": "tiny", "dtype": "fp32"})).model.dtype == "float32"
+    with pytest.raises(ConfigError, match=r"model\.dtype: unknown dtype 'float64'"):
+        load_config(_with(model={"preset": "tiny", "dtype": "float64"}))

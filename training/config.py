@@ -228,6 +228,12 @@ def _check_type(value: Any, typ, path: str):
 
 
 def validate(cfg: Config) -> Config:
+    from ..qwenimage_core.dtypes import canonical_float
+
+    try:  # bf16 / fp16 / fp32 as on the command line
+        cfg.model.dtype = canonical_float(cfg.model.dtype)
+    except ValueError as e:
+        raise ConfigError(f"model.dtype: {e}") from None
     flat = {f"{s}.{k}": v for s, sec in cfg.to_dict().items() if isinstance(sec, dict) for k, v in sec.items()}
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
