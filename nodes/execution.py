@@ -10,7 +10,9 @@ two-element list is a link to another node's output. This module follows ComfyUI
 - `Executor(mappings).execute(prompt, prompt_id, extra_data, on_event)` runs, in dependency order, only what the
   output nodes (``OUTPUT_NODE = True``, or the ``outputs`` given) need. Node outputs are cached by their input
   signature (class, widget values, `IS_CHANGED` value and the signatures of everything upstream), so a second run
-  that changes only the seed re-runs the sampler and what follows it, nothing before. Events are reported through
+  that changes only the seed re-runs the sampler and what follows it, nothing before. The tensors kept are bounded
+  by the server's --max-cache-mb (nodes/limits.py; the largest dropped first), and widget sizes by its pixel
+  limits at validation. Events are reported through
   ``on_event(name, data)`` with ComfyUI's websocket message names and payloads (``execution_start``,
   ``execution_cached``, ``executing``, ``progress``, ``executed``, ``execution_success``, ``execution_error``,
   ``execution_interrupted``) plus ``("preview", {"image": PIL.Image, "node": id, "prompt_id": id})`` for live
