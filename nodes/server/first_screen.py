@@ -55,8 +55,8 @@ def where_files_go(missing: list[tuple[str, str]]) -> str:
     root = host.models_dir().resolve()
     lines = [f"Qwen-Image's model files are not here yet. Put them in {root}:"]
     lines += [f"- {kind}/{name}" for kind, name in missing]
-    lines += ["(from the Comfy-Org/Qwen-Image_ComfyUI repository on Hugging Face, split_files/<folder>/; "
-              "or run: qwenimage download qwen-image). Then press R to refresh the file lists, and Run.",
+    lines += ["(from the Comfy-Org/Qwen-Image_ComfyUI repository on Hugging Face, split_files/<folder>/). "
+              "Then press R to refresh the file lists, and Run.",
               "Official settings: 50 steps, true CFG 4, the dynamic shift."]
     return "\n".join(lines)
 
