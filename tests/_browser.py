@@ -280,8 +280,8 @@ async def server_node_types(page: Page) -> list:
 async def click(page: Page, selector: str, timeout=30):
     """A real mouse click (pressed and released) at the middle of the first element `selector` matches."""
     box = await page.wait_for(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return ''; "
-                              "const r = e.getBoundingClientRect(); return r.width > 0 ? JSON.stringify([r.x + r.width / 2, "
-                              "r.y + r.height / 2]) : ''; })()", timeout=timeout)
+                              "const r = e.getBoundingClientRect(); return r.width > 0 ? "
+                              "JSON.stringify([r.x + r.width / 2, r.y + r.height / 2]) : ''; })()", timeout=timeout)
     x, y = json.loads(box)
     for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
         await page.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left",
