@@ -29,6 +29,16 @@ def models(tmp_path):
     host.set_models_dir(old)
 
 
+@pytest.fixture
+def t2i_only(tmp_path):
+    """A workflows folder with text-to-image only (the real one's demo may be runnable here: the shipped demo files)."""
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    for n in ("text_to_image", "text_to_image_api"):
+        shutil.copy(WORKFLOWS / f"{n}.json", folder / f"{n}.json")
+    return folder
+
+
 def put_files(models_dir, files=FILES):
     for kind, name in files.items():
         (models_dir / kind).mkdir(parents=True, exist_ok=True)
@@ -47,8 +57,8 @@ def node(wf, type_):
     return next(n for n in wf["nodes"] if n["type"] == type_)
 
 
-def test_no_model_files_gives_text_to_image_with_a_note_naming_folder_and_files(models):
-    name, wf = F.first_workflow(mappings(), WORKFLOWS)
+def test_no_model_files_gives_text_to_image_with_a_note_naming_folder_and_files(models, t2i_only):
+    name, wf = F.first_workflow(mappings(), t2i_only)
     assert name == "text_to_image"
     note = node(wf, "Note")["widgets_values"][0]
     assert str(models.resolve()) in note
@@ -65,25 +75,22 @@ def test_no_model_files_gives_text_to_image_with_a_note_naming_folder_and_files(
     assert ds["scale"] >= 0.7
 
 
-def test_note_lists_only_the_files_that_are_missing(models):
+def test_note_lists_only_the_files_that_are_missing(models, t2i_only):
     put_files(models, {"vae": FILES["vae"]})
-    _, wf = F.first_workflow(mappings(), WORKFLOWS)
+    _, wf = F.first_workflow(mappings(), t2i_only)
     note = node(wf, "Note")["widgets_values"][0]
     assert "diffusion_models/" + FILES["diffusion_models"] in note and "vae/" not in note
 
 
-def test_with_the_files_the_shipped_note_stays(models):
+def test_with_the_files_the_shipped_note_stays(models, t2i_only):
     put_files(models)
-    name, wf = F.first_workflow(mappings(), WORKFLOWS)
+    name, wf = F.first_workflow(mappings(), t2i_only)
     assert name == "text_to_image"
     assert node(wf, "Note")["widgets_values"] == node(load("text_to_image"), "Note")["widgets_values"]
 
 
-def test_demo_when_its_files_are_present(models, tmp_path):
-    folder = tmp_path / "workflows"
-    folder.mkdir()
-    for n in ("text_to_image", "text_to_image_api"):
-        shutil.copy(WORKFLOWS / f"{n}.json", folder / f"{n}.json")
+def test_demo_when_its_files_are_present(models, t2i_only):
+    folder = t2i_only
     # a stand-in demo: a graph whose model files we control
     shutil.copy(WORKFLOWS / "text_to_image.json", folder / "demo.json")
     shutil.copy(WORKFLOWS / "text_to_image_api.json", folder / "demo_api.json")
@@ -133,9 +140,9 @@ def test_served_listed_and_answered(server):
     assert any(p.startswith("/extensions/core/") for p in listed)  # the frontend's own stay
     status, ctype, body = get(server + "/extensions/qwenimage/first_screen.js")
     assert status == 200 and "javascript" in ctype and b"registerExtension" in body and b"beforeConfigureGraph" in body
+    expected = F.first_workflow(mappings(), WORKFLOWS)  # the demo when the shipped demo files are there
     for prefix in ("", "/api"):
         status, _, body = get(server + prefix + "/qwenimage/first_screen")
-        reply = json.loads(body)
-        assert reply["name"] == "text_to_image" and node(reply["workflow"], "QwenImageSampler")
+        assert json.loads(body) == {"name": expected[0], "workflow": expected[1]}
     settings = json.loads(get(server + "/settings")[2])
     assert settings["Comfy.Workflow.ShowMissingNodesWarning"] is False  # our message replaces the pack hint
