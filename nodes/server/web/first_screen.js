@@ -13,7 +13,8 @@ import { api } from "../../scripts/api.js";
 let ours = null; // {name, workflow} from the server
 let loadingOurs = false;
 
-// The frontend's default graph, recognised by its nodes (window.comfyAPI is the table its script shims read).
+// The frontend's default graph, recognised by its nodes. We only read it, from window.comfyAPI (the table the
+// frontend's scripts/*.js shims export); a frontend without it keeps its stock graph, which test_browser catches.
 function nodeSignature(graph) {
   return JSON.stringify((graph?.nodes ?? []).map((n) => `${n.id}:${n.type}`).sort());
 }
