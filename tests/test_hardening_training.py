@@ -61,26 +61,31 @@ def test_train_command_refuses_bad_overrides_in_one_line(tmp_path, capsys, overr
 
 # ---------------------------------------------------------------------------------------------------- data
 
+def _without_hanging(fn, fifos):
+    """fn() in a thread: a FIFO blocks open() until a writer comes, so a regression must fail the test rather than
+    hang the suite. On a timeout each FIFO gets a writer that closes at once (EOF) and the test fails."""
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=fn()), daemon=True)
+    t.start()
+    t.join(timeout=60)
+    if t.is_alive():
+        for path in fifos:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader on this one
+                pass
+        pytest.fail("a FIFO was opened and the reader hung")
+    return result["r"]
+
+
 def test_a_fifo_named_png_is_skipped_without_opening(tmp_path):
-    """A FIFO blocks open() until a writer comes: the loader must never open it (run in a thread so that a
-    regression fails the test instead of hanging the suite)."""
     make_shapes_dataset(tmp_path / "d", n=3, seed=0)
     os.mkfifo(tmp_path / "d" / "x.png")
     (tmp_path / "d" / "x.txt").write_text("a fifo")
     os.mkfifo(tmp_path / "d" / "y.txt")  # a FIFO caption beside a good image
     Image.new("RGB", (64, 64)).save(tmp_path / "d" / "y.png")
-    result = {}
-    t = threading.Thread(target=lambda: result.update(r=load_samples(tmp_path / "d", report=True)), daemon=True)
-    t.start()
-    t.join(timeout=60)
-    if t.is_alive():  # unblock the reader (a writer that opens and closes: EOF) so the process can exit, then fail
-        for name in ("x.png", "y.txt"):
-            try:
-                os.close(os.open(tmp_path / "d" / name, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:  # no reader on this one
-                pass
-        pytest.fail("load_samples opened a FIFO and hung")
-    samples, report = result["r"]
+    samples, report = _without_hanging(lambda: load_samples(tmp_path / "d", report=True),
+                                       [tmp_path / "d" / "x.png", tmp_path / "d" / "y.txt"])
     assert len(samples) == 3
     assert any("x.png: image: a FIFO" in p for p in report.skipped), report.skipped
     assert any("y.txt: caption: a FIFO" in p for p in report.skipped), report.skipped
@@ -91,7 +96,8 @@ def test_a_fifo_in_a_manifest_is_skipped(tmp_path):
     os.mkfifo(tmp_path / "d" / "f.png")
     with open(tmp_path / "d" / "manifest.jsonl", "a") as fh:
         fh.write(json.dumps({"image": "f.png", "caption": "x"}) + "\n")
-    samples, report = load_samples(tmp_path / "d" / "manifest.jsonl", report=True)
+    samples, report = _without_hanging(lambda: load_samples(tmp_path / "d" / "manifest.jsonl", report=True),
+                                       [tmp_path / "d" / "f.png"])
     assert len(samples) == 2 and "f.png: a FIFO" in report.skipped[0]
 
 
@@ -275,8 +281,12 @@ def test_load_image_refuses_a_fifo_without_opening_it(tmp_path):
     from qwenimage.qwenimage_core.images import load_image
 
     os.mkfifo(tmp_path / "x.png")
-    with pytest.raises(ValueError, match=r"x\.png: not a regular file"):
-        load_image(tmp_path / "x.png", "image")
+
+    def attempt():
+        with pytest.raises(ValueError, match=r"x\.png: not a regular file"):
+            load_image(tmp_path / "x.png", "image")
+        return True
+    assert _without_hanging(attempt, [tmp_path / "x.png"])
 
 
 def test_a_damaged_cache_shard_is_a_named_error(tmp_path, encoders):
