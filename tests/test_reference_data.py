@@ -3,6 +3,7 @@ project's reference data) and the tokenizer shipped in the package are pinned by
 where the reference data lies beside the checkout (../shared, as in CI), they are also checked equal to it."""
 import hashlib
 import os
+import re
 
 from conftest import REFERENCE
 
@@ -50,3 +51,12 @@ def test_shipped_copies_equal_the_reference_data_when_beside_the_checkout():
     pairs = rows(os.path.join(REFERENCE, "vae_keys_comfyui_to_diffusers.tsv"))
     assert rows(os.path.join(SHARED, "vae_keys_comfyui.tsv")) == [[c, s] for c, _, s in pairs]
     assert sorted(rows(os.path.join(SHARED, "vae_keys_diffusers.tsv"))) == sorted([d, s] for _, d, s in pairs)
+
+
+def test_no_other_test_reads_the_reference_data_beside_the_checkout():
+    """A user's clone has no ../shared: only the cross-check above may look there (CI runs the rest in a clone)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path_like = re.compile(r"""["']shared["']|\.\./shared|[\\/]shared[\\/]""")
+    readers = [name for name in sorted(os.listdir(here)) if name.endswith(".py")
+               and path_like.search(open(os.path.join(here, name), encoding="utf-8").read())]
+    assert readers == [os.path.basename(__file__)]
