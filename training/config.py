@@ -104,7 +104,8 @@ class VAETrainConfig:
     sample_posterior: bool = True     # decode a posterior sample (as the transformer's latents vary); else its mean
     l1: float = 1.0                   # reconstruction weights (mean absolute / squared error, images in [-1, 1])
     l2: float = 0.0
-    kl: float = 1e-6                  # KL to N(0, 1) per latent element; mode "vae" only (the encoder is frozen else)
+    kl: float = 1e-6                  # KL to N(0, 1), mean per latent element; mode "vae" only (LDM's 1e-6 on sums
+                                      # is about 1e-7 here, as the reconstruction terms are means too)
     perceptual: float = 1.0           # the LPIPS-style term's weight, when perceptual_weights names a file
     perceptual_weights: str = ""      # safetensors: VGG16 features.N.* (+ LPIPS lin0..lin4); "": no perceptual term
     gan: float = 0.0                  # patch-GAN weight; 0: no discriminator

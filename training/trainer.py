@@ -1,7 +1,8 @@
 """The training engine: stages of flow-matching training over cached latents, on accelerate.
 
 One loop serves pretraining from a config preset, full fine-tuning and LoRA (peft), text-to-image and edit
-triples, and the VAE modes (`vae_run`: a VAE from scratch, or decoder-only fine-tuning, on image crops). accelerate places the model, runs mixed precision and distribution (DDP/FSDP/DeepSpeed as configured by
+triples, and the VAE modes (`vae_run`: a VAE from scratch, or decoder-only fine-tuning, on image crops).
+accelerate places the model, runs mixed precision and distribution (DDP/FSDP/DeepSpeed as configured by
 `accelerate launch`); gradients are accumulated by hand so one optimiser step is the same arithmetic on any number
 of processes. Validation images come from the core pipeline, the same code the nodes run."""
 from __future__ import annotations
@@ -140,6 +141,8 @@ def run_cache(cfg: Config) -> int:
     """`qwenimage cache CONFIG`: build every stage's cache; returns how many samples were encoded."""
     from accelerate import Accelerator
 
+    if cfg.train.mode in VAE_MODES:  # they read the images themselves: nothing to encode
+        return 0
     acc = Accelerator(cpu=not torch.cuda.is_available())
     enc, n = Encoders(cfg, acc.device), 0
     for stage in cfg.stage_list():
@@ -261,8 +264,9 @@ class Trainer:
                          if isinstance(v, list) else v) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == ga - 1 else acc.no_sync(self.model)
             with sync, acc.autocast():
-                per_sample, self.logs = self.objective.loss(self.model, batch, gens)
+                per_sample, logs = self.objective.loss(self.model, batch, gens)
                 loss = per_sample.mean() / ga
+            self.logs = logs or {}
             acc.backward(loss)
             total += loss.detach()
         mean = acc.reduce(total.reshape(1), "mean").item()  # the same on every process: all skip, or none

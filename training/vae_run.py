@@ -7,20 +7,16 @@ quant conv frozen, so the latents (and every transformer trained on them) stay v
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import os
 
 import torch
 
+from ..qwenimage_core.checkpoint import _write_json
 from ..qwenimage_core.vae import QwenImageVAE, VAEConfig, load_vae, save_comfyui_vae, save_vae
-from ..qwenimage_core.weights import CheckpointError
 from .buckets import BucketBatchSampler
 from .config import Config, ConfigError
 from .metrics import psnr, ssim
 from .vae_data import ImageCrops, eval_images, vae_samples
-
-log = logging.getLogger("qwenimage.training")
 VAE_PRESETS = {"qwen-image": {}, "official": {}, "small": {"base_dim": 32, "num_res_blocks": 1},
                "tiny": {"base_dim": 8, "num_res_blocks": 1}}
 COMFYUI_NAME = "qwen_image_vae_trained.safetensors"
@@ -77,8 +73,7 @@ def heldout(cfg: Config) -> torch.Tensor:
 
 
 def write_metrics(metrics: dict, out_dir: str) -> str:
-    from ..qwenimage_core.checkpoint import _write_json
-
+    """out/metrics.json, written atomically: {"before": {...}, "after": {...}}."""
     path = os.path.join(out_dir, "metrics.json")
     os.makedirs(out_dir, exist_ok=True)
     _write_json(metrics, path)
