@@ -200,6 +200,29 @@ def load_safetensors(path):
     return load_file(path)
 
 
+# ------------------------------------------------------------------------------------------------ data
+
+def test_images_without_captions_in_a_folder_or_manifest(world, tmp_path):
+    from qwenimage.training.data import DataError, load_samples
+    from qwenimage.training.vae_data import ImageCrops, vae_samples
+
+    manifest = tmp_path / "images.jsonl"
+    manifest.write_text("".join(json.dumps({"image": os.path.join(world["data"], f"{i:03d}.png")}) + "\n"
+                                for i in range(6)))
+    assert len(load_samples(manifest, captions=False, min_size=32)) == 6
+    with pytest.raises(DataError, match="caption: missing"):
+        load_samples(manifest, on_error="error", min_size=32)  # the transformer's modes still need them
+    cfg = config(world, tmp_path, data={"path": str(manifest)}, vae={"holdout": 2, "crop": 56})
+    train, held = vae_samples(cfg)
+    assert len(train) == 4 and len(held) == 2 and not {s.image for s in train} & {s.image for s in held}
+    crops = ImageCrops(train, 56)  # 64x48 pictures: scaled up to 75x56, then cropped
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    images = crops.batch([0, 1], gens)["images"]
+    assert images.shape == (2, 3, 56, 56) and images.min() >= -1 and images.max() <= 1
+    again = crops.batch([0, 1], [torch.Generator().manual_seed(i) for i in range(2)])["images"]
+    assert torch.equal(images, again)  # the crop's place comes from the sample's generator
+
+
 # ---------------------------------------------------------------------------------------------- config
 
 def test_vae_config_errors_name_the_field_and_examples_parse(world, tmp_path):
