@@ -41,6 +41,8 @@ _state = {
     "models": Path(os.environ.get("QWENIMAGE_MODELS_DIR", "models")),
     "input": Path("input"), "output": Path("output"), "temp": Path("temp"),
 }
+# Searched after the models folder (outside ComfyUI): the demo model shipped in the repository, listed as it is.
+EXTRA_MODEL_ROOTS: list[Path] = [Path(__file__).resolve().parent.parent / "demo" / "models"]
 
 
 def set_models_dir(path) -> None:
@@ -69,23 +71,24 @@ def temp_dir() -> Path:
     return Path(_fp.get_temp_directory()) if IN_COMFYUI else _state["temp"]
 
 
-def _folders(kind: str) -> list[Path]:
+def _folders(kind: str, extra: bool = True) -> list[Path]:
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; one of {', '.join(MODEL_KINDS)}")
     if IN_COMFYUI:
         if kind == "diffusers" and "diffusers" not in _fp.folder_names_and_paths:
             return [Path(_fp.models_dir) / "diffusers"]
         return [Path(p) for p in _fp.get_folder_paths(kind)]
-    return [models_dir() / k for k in _ALIASES.get(kind, (kind,))]
+    roots = (models_dir(), *EXTRA_MODEL_ROOTS) if extra else (models_dir(),)
+    return [root / k for root in roots for k in _ALIASES.get(kind, (kind,))]
 
 
-def list_models(kind: str) -> list[str]:
+def list_models(kind: str, extra: bool = True) -> list[str]:
     """Names (relative paths, '/'-separated) of the weight files — or, for "diffusers", model folders with a
-    model_index.json — under the kind's folders."""
+    model_index.json — under the kind's folders (`extra`: and under EXTRA_MODEL_ROOTS)."""
     names = set()
     if IN_COMFYUI and kind != "diffusers":
         return sorted(n for n in _fp.get_filename_list(kind) if n.lower().endswith(WEIGHT_EXTS))
-    for root in _folders(kind):
+    for root in _folders(kind, extra):
         if not root.is_dir():
             continue
         if kind == "diffusers":
@@ -129,9 +132,13 @@ def models_overview(create: bool = True) -> str:
         folder = _folders(kind)[0]
         if create and not IN_COMFYUI:
             folder.mkdir(parents=True, exist_ok=True)
-        found = list_models(kind)
+        found = list_models(kind, extra=False)
         shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
         lines.append(f"  {kind + '/':18s} " + (shown if found else f"(empty) put {hint} here"))
+    for root in EXTRA_MODEL_ROOTS:
+        if root.is_dir():
+            lines.append(f"also listed, from {root}: " + ", ".join(
+                n for kind in MODEL_KINDS for n in list_models(kind) if (root / kind / n).exists()))
     return "\n".join(lines)
 
 
