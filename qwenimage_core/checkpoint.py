@@ -17,7 +17,8 @@ import torch.nn as nn
 from .config import TransformerConfig
 from .fp8 import FP8_DTYPES, SCALE_SUFFIXES, is_quant_key, quant_format, quantize, swap_to_fp8
 from .transformer import QwenImageTransformer
-from .weights import CheckpointError, SafetensorsFile, assign_weights, open_checkpoint_files, save_file_atomic
+from .weights import (CheckpointError, SafetensorsFile, assign_weights, check_config_fits, open_checkpoint_files,
+                      save_file_atomic)
 
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 # Empty tensors ComfyUI writes as flags rather than weights.
@@ -112,28 +113,15 @@ def infer_transformer_config(shapes: dict[str, tuple], markers=()) -> Transforme
 
 
 def check_transformer_config(config: TransformerConfig, sources: dict) -> None:
-    """Refuse a config (config.json, file metadata or caller's) that the weights contradict, before anything is
-    built: a crafted num_layers=20000 would otherwise build 20000 blocks only to fail on missing keys."""
-    def shape(name):
-        src = sources.get(name)
-        return tuple(src[0].shape(src[1])) if src else None
-
-    f = next(iter(sources.values()))[0] if sources else None
-    where = f.path if f else "<no weights>"
-    blocks = {int(m.group(1)) for n in sources if (m := re.match(r"transformer_blocks\.(\d+)\.", n))}
-    img_in, q_norm, txt_in, proj_out = (shape(n) for n in ("img_in.weight", "transformer_blocks.0.attn.norm_q.weight",
-                                                           "txt_in.weight", "proj_out.weight"))
-    checks = [("num_layers", config.num_layers, max(blocks) + 1 if blocks else 0, "transformer_blocks.N"),
-              ("inner dim (heads x head dim)", config.inner_dim, img_in and img_in[0], "img_in.weight"),
-              ("in_channels", config.in_channels, img_in and img_in[1], "img_in.weight"),
-              ("attention_head_dim", config.attention_head_dim, q_norm and q_norm[0], "transformer_blocks.0.attn.norm_q"),
-              ("joint_attention_dim", config.joint_attention_dim, txt_in and txt_in[1], "txt_in.weight"),
-              ("out_channels x patch_size^2", config.out_channels * config.patch_size ** 2,
-               proj_out and proj_out[0], "proj_out.weight")]
-    bad = [f"{what} is {want} in the config but {got} in the weights ({key})"
-           for what, want, got, key in checks if got is not None and want != got]
-    if bad:
-        raise CheckpointError(f"{where}: the transformer config does not match the weights: " + "; ".join(bad))
+    """The config (config.json, file metadata or the caller's) against the weights' shapes, before building."""
+    c = config
+    check_config_fits("transformer", sources, dims=[
+        ("img_in.weight", 0, "num_attention_heads x attention_head_dim", c.inner_dim),
+        ("img_in.weight", 1, "in_channels", c.in_channels),
+        ("transformer_blocks.0.attn.norm_q.weight", 0, "attention_head_dim", c.attention_head_dim),
+        ("txt_in.weight", 1, "joint_attention_dim", c.joint_attention_dim),
+        ("proj_out.weight", 0, "out_channels x patch_size^2", c.out_channels * c.patch_size ** 2)],
+        counts=[("transformer_blocks.", "num_layers", c.num_layers)])
 
 
 def _scaled_axes(head_dim: int) -> tuple[int, int, int]:

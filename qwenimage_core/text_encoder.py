@@ -37,7 +37,7 @@ import torch
 
 from .checkpoint import folder_weight_files
 from .images import calculate_dimensions
-from .weights import CheckpointError, SafetensorsFile, assign_weights, open_checkpoint_files
+from .weights import CheckpointError, SafetensorsFile, assign_weights, check_config_fits, open_checkpoint_files
 
 # ------------------------------------------------------------------------------------------------- templates
 
@@ -599,27 +599,17 @@ def _load_text_encoder_model(path: Path, device, dtype, config):
 
 
 def check_text_encoder_config(cfg, sources: dict) -> None:
-    """Refuse a config (config.json or file metadata) that the weights contradict, before building anything: a
-    crafted num_hidden_layers=20000 would otherwise build 20000 layers only to fail on missing keys."""
-    def count(prefix):
-        found = {n[len(prefix):].split(".")[0] for n in sources if n.startswith(prefix)}
-        return max((int(i) for i in found if i.isdigit()), default=-1) + 1 if found else None
-
-    def dim(name, axis):
-        src = sources.get(name)
-        return src[0].shape(src[1])[axis] if src else None
-
+    """The config (config.json or file metadata) against the weights' shapes, before building."""
     text, vision = cfg.text_config, cfg.vision_config
-    checks = [("text_config.num_hidden_layers", text.num_hidden_layers, count("language_model.layers.")),
-              ("text_config.hidden_size", text.hidden_size, dim("language_model.embed_tokens.weight", 1)),
-              ("text_config.vocab_size", text.vocab_size, dim("language_model.embed_tokens.weight", 0)),
-              ("vision_config.depth", vision.depth, count("visual.blocks.")),
-              ("vision_config.hidden_size", vision.hidden_size, dim("visual.patch_embed.proj.weight", 0))]
-    bad = [f"{what} is {want} in the config but {got} in the weights" for what, want, got in checks
-           if got is not None and want != got]
-    if bad:
-        where = next(iter(sources.values()))[0].path
-        raise TextEncoderLoadError(f"{where}: the text encoder config does not match the weights: " + "; ".join(bad))
+    try:
+        check_config_fits("text encoder", sources, dims=[
+            ("language_model.embed_tokens.weight", 0, "text_config.vocab_size", text.vocab_size),
+            ("language_model.embed_tokens.weight", 1, "text_config.hidden_size", text.hidden_size),
+            ("visual.patch_embed.proj.weight", 0, "vision_config.hidden_size", vision.hidden_size)],
+            counts=[("language_model.layers.", "text_config.num_hidden_layers", text.num_hidden_layers),
+                    ("visual.blocks.", "vision_config.depth", vision.depth)])
+    except CheckpointError as e:
+        raise TextEncoderLoadError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------- tokenizer lookups

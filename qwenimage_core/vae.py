@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import _write_json, component_folder, folder_sources
-from .weights import CheckpointError, SafetensorsFile, assign_weights, save_file_atomic
+from .weights import CheckpointError, SafetensorsFile, assign_weights, check_config_fits, save_file_atomic
 
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
@@ -525,26 +525,16 @@ def vae_sources(path, config: VAEConfig | None = None) -> tuple[VAEConfig, dict]
 
 
 def check_vae_config(config: VAEConfig, sources: dict) -> None:
-    """Refuse a config the weights contradict before building anything (a crafted config.json with 20000 res
-    blocks would otherwise build them all only to fail on missing keys)."""
-    shapes = {n: tuple(f.shape(k)) for n, (f, k) in sources.items()}
-    where = next(iter(sources.values()))[0].path if sources else "<no weights>"
-    conv_in, pq = shapes.get("encoder.conv_in.weight"), shapes.get("post_quant_conv.weight")
-    ups = sorted({int(n.split(".")[2]) for n in shapes if n.startswith("decoder.up_blocks.")})
-    res = {n.split(".")[4] for n in shapes if n.startswith("decoder.up_blocks.0.resnets.")}
-    checks = [("base_dim", config.base_dim, conv_in and conv_in[0], "encoder.conv_in.weight"),
-              ("input_channels", config.input_channels, conv_in and conv_in[1], "encoder.conv_in.weight"),
-              ("z_dim", config.z_dim, pq and pq[0], "post_quant_conv.weight"),
-              ("len(dim_mult)", len(config.dim_mult), len(ups) if ups else None, "decoder.up_blocks.N"),
-              ("num_res_blocks", config.num_res_blocks, len(res) - 1 if res else None, "decoder.up_blocks.0.resnets.N")]
-    if conv_in and len(ups) == len(config.dim_mult):
-        mult = tuple(shapes.get(f"decoder.up_blocks.{i}.resnets.0.conv1.weight", (0,))[0] // conv_in[0]
-                     for i in ups[::-1])
-        checks.append(("dim_mult", tuple(config.dim_mult), mult, "decoder.up_blocks.N.resnets.0.conv1.weight"))
-    bad = [f"{what} is {want} in the config but {got} in the weights ({key})"
-           for what, want, got, key in checks if got is not None and want != got]
-    if bad:
-        raise CheckpointError(f"{where}: the VAE config does not match the weights: " + "; ".join(bad))
+    """The config (config.json or the caller's) against the weights' shapes, before building."""
+    c = config
+    dims = [("encoder.conv_in.weight", 0, "base_dim", c.base_dim),
+            ("encoder.conv_in.weight", 1, "input_channels", c.input_channels),
+            ("post_quant_conv.weight", 0, "z_dim", c.z_dim)]
+    dims += [(f"decoder.up_blocks.{i}.resnets.0.conv1.weight", 0, f"base_dim x dim_mult[{len(c.dim_mult) - 1 - i}]",
+              c.base_dim * m) for i, m in enumerate(reversed(c.dim_mult))]
+    check_config_fits("VAE", sources, dims=dims, counts=[
+        ("decoder.up_blocks.", "len(dim_mult)", len(c.dim_mult)),
+        ("decoder.up_blocks.0.resnets.", "num_res_blocks + 1", c.num_res_blocks + 1)])
 
 
 def load_vae(path, device=None, dtype=None, config: VAEConfig | None = None) -> QwenImageVAE:

@@ -230,6 +230,32 @@ def _set_tensor(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
         module._buffers[leaf] = value
 
 
+def check_config_fits(what: str, sources: Mapping[str, tuple[SafetensorsFile, str]],
+                      dims: Iterable[tuple[str, int, str, int]] = (),
+                      counts: Iterable[tuple[str, str, int]] = ()) -> None:
+    """Refuse a config that the file's shapes contradict, before a model is built from it: a crafted config
+    (num_layers = 20000 in a small file's metadata) would otherwise build every layer only to fail on missing
+    keys. dims: (name, axis, config field, value) - the weight's size along axis must equal value; counts:
+    (name prefix, config field, value) - the config may not ask for more numbered blocks than the file holds
+    (fewer is cheap to build, and the loader then names the unexpected keys)."""
+    bad = []
+    for name, axis, fld, want in dims:
+        if (src := sources.get(name)) is None:
+            continue
+        shape = list(src[0].shape(src[1]))
+        if axis < len(shape) and shape[axis] != want:
+            needs = shape[:axis] + [want] + shape[axis + 1:]
+            bad.append(f"{src[1]!r}: file has {shape}, config ({fld} = {want}) needs {needs}")
+    for prefix, fld, want in counts:
+        found = {n[len(prefix):].split(".")[0] for n in sources if n.startswith(prefix)}
+        have = max((int(i) + 1 for i in found if i.isdigit()), default=0)
+        if want > have:
+            bad.append(f"{fld} = {want} in the config, but the file has {have} ({prefix}0..{have - 1})")
+    if bad:
+        where = next(iter(sources.values()))[0].path if sources else "<no weights>"
+        raise CheckpointError(f"{where}: the {what} config does not match the weights: " + "; ".join(bad))
+
+
 def save_file_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
                      metadata: Mapping[str, str] | None = None) -> None:
     """Write safetensors through a temporary file and a rename, so a crash never leaves a half-written file."""

@@ -203,4 +203,4 @@ def test_inspect_refuses_a_config_the_weights_contradict(tmp_path, capsys):
     cfg = json.loads((tmp_path / "transformer" / "config.json").read_text())
     (tmp_path / "transformer" / "config.json").write_text(json.dumps({**cfg, "num_layers": 20000}))
     assert main(["inspect", str(tmp_path)]) == 2
-    _one_line_error(capsys, "num_layers is 20000 in the config but 2")
+    _one_line_error(capsys, "num_layers = 20000 in the config, but the file has 2")

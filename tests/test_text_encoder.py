@@ -469,9 +469,10 @@ def test_error_unexpected_key(single_file, config):
 
 def test_error_official_config_on_a_tiny_file(single_file):
     path = single_file(lambda s: None)
-    with pytest.raises(TextEncoderLoadError, match="shape mismatch") as e:
+    with pytest.raises(TextEncoderLoadError, match="config does not match the weights") as e:  # before building
         load_text_encoder(path, tokenizer_path=TOKENIZER_DIR)
-    assert "missing keys: 'model.layers.10." in str(e.value) and "file has [64], model expects [3584]" in str(e.value)
+    assert "num_hidden_layers = 28 in the config, but the file has 2" in str(e.value)
+    assert "file has [151669, 64], config (text_config.hidden_size = 3584) needs [151669, 3584]" in str(e.value)
 
 
 def test_error_not_safetensors(tmp_path):
