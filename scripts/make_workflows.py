@@ -237,7 +237,36 @@ def edit(multi=False):
     return g
 
 
+DEMO_FILES = {"unet": "qwen_image_demo.safetensors", "clip": "qwen_image_demo_text_encoder.safetensors",
+              "vae": "qwen_image_demo_vae.safetensors"}
+DEMO_SIZE, DEMO_STEPS, DEMO_CFG = 64, 20, 4.0
+
+
+def demo():
+    """The demo model shipped in demo/models/ (built by python -m qwenimage.training.demo): seconds on a CPU."""
+    g = Graph("Qwen-Image demo: a tiny model trained here on shapes, colours and words")
+    m = g.add("QwenImageModelLoader", (0, 80), (320, 110), unet_name=DEMO_FILES["unet"], weight_dtype="default",
+              gpu_blocks=-1)
+    t = g.add("QwenImageTextEncoderLoader", (0, 240), clip_name=DEMO_FILES["clip"], device="default")
+    v = g.add("QwenImageVAELoader", (0, 400), (320, 60), vae_name=DEMO_FILES["vae"])
+    pos = g.add("QwenImageTextEncode", (400, 80), (400, 200), text_encoder=(t, 0),
+                text="a red circle on a blue background")
+    neg = g.add("QwenImageTextEncode", (400, 320), (400, 120), text_encoder=(t, 0), text=NEGATIVE,
+                title="Negative prompt")
+    lat = g.add("QwenImageEmptyLatent", (400, 480), (320, 130), aspect="custom", width=DEMO_SIZE,
+                height=DEMO_SIZE, batch_size=1)
+    tail(g, m, (pos, 0), (neg, 0), (lat, 0), v, steps=DEMO_STEPS, cfg=DEMO_CFG, prefix="Qwen-Image-demo")
+    g.note((0, -260), "The demo model: a 64 x 64 px Qwen-Image-architecture model our trainer made from synthetic "
+                      "data (demo/models/, listed by qwenimage serve as it is; in ComfyUI copy the three files "
+                      "into the same folders of ComfyUI/models/).\nIt knows: square, circle, triangle; red, green, "
+                      "blue, yellow, purple, orange; backgrounds white, black, gray, blue, green; and the words "
+                      "cat, dog, sun, qwen, hi, art ('the word \"cat\" in white on black').\nTry: a yellow triangle "
+                      "on a black background.")
+    return g
+
+
 WORKFLOWS = {
+    "demo": demo,
     "text_to_image": lambda: text_to_image(),
     "image_to_image": image_to_image,
     "inpainting": inpainting,
