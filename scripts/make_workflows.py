@@ -250,18 +250,19 @@ def demo():
     t = g.add("QwenImageTextEncoderLoader", (0, 240), clip_name=DEMO_FILES["clip"], device="default")
     v = g.add("QwenImageVAELoader", (0, 400), (320, 60), vae_name=DEMO_FILES["vae"])
     pos = g.add("QwenImageTextEncode", (400, 80), (400, 200), text_encoder=(t, 0),
-                text="a red circle on a blue background")
+                text="a blue triangle on a white background")
     neg = g.add("QwenImageTextEncode", (400, 320), (400, 120), text_encoder=(t, 0), text=NEGATIVE,
                 title="Negative prompt")
     lat = g.add("QwenImageEmptyLatent", (400, 480), (320, 130), aspect="custom", width=DEMO_SIZE,
                 height=DEMO_SIZE, batch_size=1)
     tail(g, m, (pos, 0), (neg, 0), (lat, 0), v, steps=DEMO_STEPS, cfg=DEMO_CFG, prefix="Qwen-Image-demo")
     g.note((0, -260), "The demo model: a 64 x 64 px Qwen-Image-architecture model our trainer made from synthetic "
-                      "data (demo/models/, listed by qwenimage serve as it is; in ComfyUI copy the three files "
-                      "into the same folders of ComfyUI/models/).\nIt knows: square, circle, triangle; red, green, "
-                      "blue, yellow, purple, orange; backgrounds white, black, gray, blue, green; and the words "
-                      "cat, dog, sun, qwen, hi, art ('the word \"cat\" in white on black').\nTry: a yellow triangle "
-                      "on a black background.")
+                      "data. qwenimage serve lists its files from demo/models/ as they are; in ComfyUI copy them "
+                      "into ComfyUI/models/: diffusion_models/" + DEMO_FILES["unet"] + ", text_encoders/"
+                      + DEMO_FILES["clip"] + ", vae/" + DEMO_FILES["vae"] + ".\nIt knows square, circle, "
+                      "triangle; red, green, blue, yellow, purple, orange; backgrounds white, black, gray, blue, "
+                      "green. Backgrounds it gets right, colours mostly, shapes roughly.\nTry: a green square on a "
+                      "gray background.")
     return g
 
 

@@ -192,3 +192,42 @@ async def _first_screen(url, tmp_path):
         assert not [h for h in FRONTEND_MISSING_HINTS if h.lower() in text.lower()], text[:2000]
         await page.screenshot(tmp_path / "foreign.png")
     return report
+
+
+def test_demo_workflow_on_the_shipped_files(served, tmp_path):
+    """The demo graph as shipped, on the shipped demo files (found after the models folder, not copied), Run
+    pressed: the image shows the prompt's object colour and background."""
+    report = asyncio.run(_demo(served["url"], tmp_path))
+    print(json.dumps(report, indent=1))
+
+
+async def _demo(url, tmp_path):
+    import io
+    import urllib.request
+
+    from PIL import Image
+    from test_demo import classify
+
+    with open(os.path.join(REPO, "workflows", "demo.json")) as f:
+        workflow = json.load(f)
+    prompt = next(n for n in workflow["nodes"] if n["type"] == "QwenImageTextEncode")["widgets_values"][0]
+    async with Browser.launch(tmp_path) as browser:
+        page = await open_editor(browser, url)
+        await page.eval(f"app.loadGraphData({json.dumps(workflow)}).then(() => true)")
+        await listen(page)
+        t = time.monotonic()
+        await click(page, RUN_BUTTON)
+        events = await wait_run(page)
+        err = [e[1] for e in events if e[0] == "execution_error"]
+        assert not err, f"{err[0].get('node_type')}: {err[0].get('exception_message')}"
+        shown = await output_images(page)
+        seconds = round(time.monotonic() - t, 1)
+        src = next(i["src"] for i in shown if "type=output" in i["src"])
+        with urllib.request.urlopen(url + "/api/view?" + src.split("?", 1)[1]) as r:
+            im = Image.open(io.BytesIO(r.read()))
+        im.save(tmp_path / "demo_output.png")
+        assert not page.console_errors(), page.console_errors()
+    color, _, background = classify(im)
+    words = prompt.split()  # "a red circle on a blue background"
+    assert (color, background) == (words[1], words[-2]), (prompt, classify(im))
+    return {"prompt": prompt, "seconds": seconds, "classified": classify(im)}
