@@ -123,12 +123,23 @@ def test_qwenimage_generate_loads_the_shipped_files(tmp_path):
 
 
 def test_cut_down_build_is_deterministic(tmp_path):
-    """Same seed, same machine: the same bytes (a few steps of each stage, run twice)."""
-    from qwenimage.training.demo import build
+    """Same seed, same machine: the same bytes. The documented command, a few steps of each stage, run twice, each
+    in a fresh process (as a user runs it)."""
+    import subprocess
+    import sys
 
     small = ["build.images=12", "vae.train.steps=2", "vae.vae.holdout=2", "vae.data.batch_size=4",
              "mmdit.train.steps=3", "mmdit.data.batch_size=4", "mmdit.schedule.warmup=1", "vae.schedule.warmup=1"]
-    first = digest(build(tmp_path / "a", small, log=lambda *_: None))
-    second = digest(build(tmp_path / "b", small, log=lambda *_: None))
-    assert first == second
-    assert set(first) == {"diffusion_models", "text_encoders", "vae"}
+    digests = []
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-m", "qwenimage.training.demo", "--out", str(tmp_path / name), "--set",
+                        *small], check=True, capture_output=True, timeout=600)
+        digests.append(digest(demo_paths(tmp_path / name)))
+    assert digests[0] == digests[1]
+    assert set(digests[0]) == {"diffusion_models", "text_encoders", "vae"}
+
+
+def test_demo_is_the_first_template():
+    from qwenimage.nodes.server import example_workflows
+
+    assert example_workflows()[0] == "demo"
