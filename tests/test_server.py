@@ -760,6 +760,7 @@ def test_pack_extension_dirs_are_listed_and_served(srv, tmp_path):
     ext = tmp_path / "ext"
     (ext / "sub").mkdir(parents=True)
     (ext / "sub" / "hello.js").write_text("console.log('hi')")
+    ours = srv.server.extension_dirs.get("qwenimage")
     srv.server.extension_dirs["qwenimage"] = ext
     try:
         _, listed, _ = call(srv, "GET", "/api/extensions")
@@ -771,5 +772,8 @@ def test_pack_extension_dirs_are_listed_and_served(srv, tmp_path):
         assert call(srv, "GET", core)[0] == 200
         assert call(srv, "GET", "/extensions/qwenimage/..%2F..%2Fetc%2Fpasswd")[0] in (403, 404)
         assert call(srv, "GET", "/extensions/qwenimage/nope.js")[0] == 404
-    finally:
-        srv.server.extension_dirs.pop("qwenimage")
+    finally:  # put our own extension back: later tests on this server expect it
+        if ours is None:
+            srv.server.extension_dirs.pop("qwenimage")
+        else:
+            srv.server.extension_dirs["qwenimage"] = ours
