@@ -256,6 +256,23 @@ def check_config_fits(what: str, sources: Mapping[str, tuple[SafetensorsFile, st
         raise CheckpointError(f"{where}: the {what} config does not match the weights: " + "; ".join(bad))
 
 
+def _sort_header_metadata(path: str) -> None:
+    """safetensors keeps the metadata in a Rust HashMap, so its order in the header (and the file's bytes) changes
+    from one write to the next. Rewrite the header in place with the metadata keys sorted: the same tensors and
+    metadata always give the same bytes (a build can be checked by its hash)."""
+    with open(path, "r+b") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        if len(header.get("__metadata__") or {}) < 2:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        data = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(data) > n:  # never: the same JSON, reordered; but a longer header would overwrite tensor bytes
+            return
+        fh.seek(8)
+        fh.write(data + b" " * (n - len(data)))
+
+
 def save_file_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
                      metadata: Mapping[str, str] | None = None) -> None:
     """Write safetensors through a temporary file and a rename, so a crash never leaves a half-written file."""
@@ -268,6 +285,7 @@ def save_file_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.PathLik
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
         except SafetensorError as e:  # a full disk arrives as "Error while serializing: I/O error ..."
             raise OSError(f"{path}: could not write ({e}); nothing was written under that name") from e
+        _sort_header_metadata(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

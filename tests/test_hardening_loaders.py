@@ -206,3 +206,25 @@ def test_a_full_disk_while_writing_weights_names_the_file(tmp_path, monkeypatch)
     with pytest.raises(OSError, match=r"w\.safetensors: could not write .*No space left"):
         save_file_atomic({"a": torch.zeros(2)}, tmp_path / "w.safetensors")
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_saved_files_are_byte_identical(tmp_path):
+    """safetensors orders the header's metadata by a randomly seeded hash map: without the sorted rewrite, two
+    writes of the same tensors and metadata differ in bytes about half the time (the demo build's hash check
+    failed on CI that way)."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from qwenimage.qwenimage_core.weights import save_file_atomic
+
+    tensors = {"b": torch.arange(5.0), "a": torch.ones(2, 3, dtype=torch.bfloat16), "i": torch.tensor([1, 2])}
+    meta = {"format": "pt", "config": '{"name": "d\u00e9mo/1"}', "zeta": "1", "alpha": "2", "mid": "3"}
+    digests = set()
+    for i in range(12):
+        save_file_atomic(tensors, tmp_path / f"{i}.safetensors", meta)
+        digests.add(hashlib.sha256((tmp_path / f"{i}.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1
+    with safe_open(tmp_path / "0.safetensors", "pt") as f:
+        assert f.metadata() == meta
+        assert all(torch.equal(f.get_tensor(k), v) for k, v in tensors.items())
