@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from qwenimage.training.demo import FILES, demo_paths, digest
-from qwenimage.training.demo_data import BACKGROUNDS, COLORS, SHAPE_COLORS, SHAPES, draw_demo_shape, shape_caption
+from qwenimage.training.data.demo_shapes import BACKGROUNDS, COLORS, SHAPE_COLORS, SHAPES, draw_demo_shape, shape_caption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATHS = demo_paths()

@@ -13,11 +13,11 @@ from PIL import Image
 
 from qwenimage.cli import main
 from qwenimage.training import checkpointing
-from qwenimage.training.cache import CacheSettings, CachedDataset, build_cache, missing
+from qwenimage.training.data.cache import CacheSettings, CachedDataset, build_cache, missing
 from qwenimage.training.config import ConfigError, load_config
-from qwenimage.training.data import DataError, load_samples
+from qwenimage.training.data.dataset import DataError, load_samples
 from qwenimage.training.guards import TrainingStopped
-from qwenimage.training.synthetic import make_shapes_dataset
+from qwenimage.training.data.synthetic import make_shapes_dataset
 
 OK = {"model": {"preset": "tiny"}, "data": {"path": "d"}, "train": {"mode": "pretrain"}}
 

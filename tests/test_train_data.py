@@ -17,11 +17,11 @@ from PIL import Image, ImageOps
 
 from qwenimage.qwenimage_core.images import calculate_dimensions, load_image, to_tensor
 from qwenimage.qwenimage_core.vae import QwenImageVAE, VAEConfig
-from qwenimage.training import cache as cache_mod
-from qwenimage.training.buckets import BucketBatchSampler, bucket_size, category_weights
-from qwenimage.training.cache import CacheSettings, CachedDataset, build_cache, collate, fingerprint, missing
-from qwenimage.training.data import DataError, Sample, load_samples
-from qwenimage.training.synthetic import make_edit_dataset, make_shapes_dataset
+from qwenimage.training.data import cache as cache_mod
+from qwenimage.training.data.buckets import BucketBatchSampler, bucket_size, category_weights
+from qwenimage.training.data.cache import CacheSettings, CachedDataset, build_cache, collate, fingerprint, missing
+from qwenimage.training.data.dataset import DataError, Sample, load_samples
+from qwenimage.training.data.synthetic import make_edit_dataset, make_shapes_dataset
 
 AREA = 64 * 64  # tiny buckets: 64x64, 80x48, 48x80 latents of 8x8, 10x6, 6x10
 

@@ -17,7 +17,7 @@ from _models import FILES, write_tiny_models
 
 from qwenimage.training import checkpointing
 from qwenimage.training.config import ConfigError, load_config
-from qwenimage.training.synthetic import draw_shape, make_edit_dataset
+from qwenimage.training.data.synthetic import draw_shape, make_edit_dataset
 from qwenimage.training.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +103,7 @@ def test_example_configs_parse_and_errors_name_the_field(tmp_path):
 def test_pretraining_lowers_the_loss_and_follows_the_prompt(world, tmp_path):
     from qwenimage.qwenimage_core import QwenImage, load_text_encoder, load_vae
     from qwenimage.qwenimage_core.schedules import unpack_latents
-    from qwenimage.training.cache import CachedDataset
+    from qwenimage.training.data.cache import CachedDataset
     from qwenimage.training.trainer import stage_cache
 
     cfg = config(world, tmp_path / "out", train={"mode": "pretrain", "steps": 300},

@@ -11,10 +11,10 @@ from safetensors.torch import save_file
 
 from qwenimage.qwenimage_core.vae import QwenImageVAE, VAEConfig, load_vae, save_comfyui_vae
 from qwenimage.training.config import ConfigError, load_config
-from qwenimage.training.metrics import psnr, ssim
+from qwenimage.training.eval.image_metrics import psnr, ssim
 from qwenimage.training.objectives import VAE_MODES, FlowMatching, build_objective
 from qwenimage.training.objectives.perceptual import BLOCKS, PerceptualLoss
-from qwenimage.training.synthetic import draw_shape
+from qwenimage.training.data.synthetic import draw_shape
 from qwenimage.training.trainer import Trainer
 from qwenimage.qwenimage_core.weights import CheckpointError
 
@@ -203,8 +203,8 @@ def load_safetensors(path):
 # ------------------------------------------------------------------------------------------------ data
 
 def test_images_without_captions_in_a_folder_or_manifest(world, tmp_path):
-    from qwenimage.training.data import DataError, load_samples
-    from qwenimage.training.vae_data import ImageCrops, vae_samples
+    from qwenimage.training.data.dataset import DataError, load_samples
+    from qwenimage.training.data.vae_crops import ImageCrops, vae_samples
 
     manifest = tmp_path / "images.jsonl"
     manifest.write_text("".join(json.dumps({"image": os.path.join(world["data"], f"{i:03d}.png")}) + "\n"

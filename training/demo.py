@@ -112,7 +112,7 @@ def build(out_dir: str | os.PathLike = MODELS_DIR, overrides=(), work_dir: str |
     """Run every stage; returns {folder: path} of the three files written under `out_dir` (a ComfyUI models
     folder). Overrides: `build.x=...` for build.toml, `vae.section.key=...` / `mmdit.section.key=...` for the
     two training configs."""
-    from .demo_data import make_demo_dataset
+    from .data.demo_shapes import make_demo_dataset
 
     own = [o for o in overrides if o.split(".", 1)[0] not in ("vae", "mmdit")]
     per = {s: [o.split(".", 1)[1] for o in overrides if o.startswith(s + ".")] for s in ("vae", "mmdit")}

@@ -22,11 +22,11 @@ from ..qwenimage_core.images import save_png
 from ..qwenimage_core.lora import save_lora
 from ..qwenimage_core.pipeline import QwenImage
 from ..qwenimage_core.transformer import QwenImageTransformer
-from .buckets import BucketBatchSampler, category_weights
-from .cache import CachedDataset, CacheSettings, build_cache, collate, missing
+from .data.buckets import BucketBatchSampler, category_weights
+from .data.cache import CachedDataset, CacheSettings, build_cache, collate, missing
 from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
 from .config import Config, ConfigError
-from .data import load_samples
+from .data.dataset import load_samples
 from .guards import LossGuard, check_finite
 from .objectives import VAE_MODES, build_objective
 from .vae_run import build_vae, evaluate, export_vae, heldout, vae_stage_data, write_metrics

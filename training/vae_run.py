@@ -13,10 +13,10 @@ import torch
 
 from ..qwenimage_core.checkpoint import _write_json
 from ..qwenimage_core.vae import QwenImageVAE, VAEConfig, load_vae, save_comfyui_vae, save_vae
-from .buckets import BucketBatchSampler
+from .data.buckets import BucketBatchSampler
 from .config import Config, ConfigError
-from .metrics import psnr, ssim
-from .vae_data import ImageCrops, eval_images, vae_samples
+from .eval.image_metrics import psnr, ssim
+from .data.vae_crops import ImageCrops, eval_images, vae_samples
 VAE_PRESETS = {"qwen-image": {}, "official": {}, "small": {"base_dim": 32, "num_res_blocks": 1},
                "tiny": {"base_dim": 8, "num_res_blocks": 1}}
 COMFYUI_NAME = "qwen_image_vae_trained.safetensors"

@@ -9,8 +9,8 @@ import random
 
 import torch
 
-from ..qwenimage_core.images import load_image, to_tensor
-from .data import load_samples
+from ...qwenimage_core.images import load_image, to_tensor
+from .dataset import load_samples
 
 
 def load_pixels(path: str, min_side: int) -> torch.Tensor:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, ImageOps
 
-from ..qwenimage_core.images import calculate_dimensions, load_image, to_tensor
-from ..qwenimage_core.weights import SafetensorsFile, save_file_atomic
+from ...qwenimage_core.images import calculate_dimensions, load_image, to_tensor
+from ...qwenimage_core.weights import SafetensorsFile, save_file_atomic
 from .buckets import bucket_size
-from .data import DataError, image_size
+from .dataset import DataError, image_size
 
 log = logging.getLogger("qwenimage.training")
 INDEX = "index.json"

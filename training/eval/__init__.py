@@ -1,0 +1,1 @@
+"""Evaluation: image metrics (image_metrics.py: PSNR, SSIM)."""
