@@ -1,0 +1,97 @@
+"""The one scorer interface that RL rewards and evaluation share: (images, prompts, metadata) -> one float per
+image. A reward is a scorer used for training; an evaluation metric is a scorer used for measuring; a plugin
+written for one works as the other.
+
+Scorers are found by name in one registry (`register`, `build`), or given as `module:function` (any callable
+with the same signature), and combined by `WeightedSum`. Every call goes through `score`, which checks what came
+back, so a broken plugin stops a run with its name instead of training on garbage."""
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Callable, Mapping, Sequence
+
+from PIL import Image
+
+ScoreFn = Callable[[Sequence[Image.Image], Sequence[str], Sequence[Mapping]], Sequence[float]]
+REGISTRY: dict[str, Callable[..., ScoreFn]] = {}
+
+
+class RewardError(RuntimeError):
+    """A scorer failed, returned the wrong number of scores, or a non-finite one. Names the scorer."""
+
+
+def register(name: str):
+    """Decorator: `@register("jpeg_compressibility")` on a factory `(**options) -> ScoreFn` (a class works)."""
+    def deco(factory):
+        if name in REGISTRY and REGISTRY[name] is not factory:
+            raise ValueError(f"scorer {name!r} is registered twice")
+        REGISTRY[name] = factory
+        return factory
+    return deco
+
+
+def build(spec: str | Mapping) -> tuple[str, ScoreFn]:
+    """A scorer from a name, `module:function`, or a table {"name" = ..., options...} -> (name, fn)."""
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = spec.pop("name", None)
+    spec.pop("weight", None)
+    if not name:
+        raise ValueError(f"scorer spec {spec!r}: needs a name (one of {', '.join(sorted(REGISTRY))}, or module:function)")
+    if name in REGISTRY:
+        return name, REGISTRY[name](**spec)
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"scorer {name!r}: cannot import it ({e})") from None
+        return name, (fn(**spec) if spec else fn)
+    raise ValueError(f"unknown scorer {name!r} (known: {', '.join(sorted(REGISTRY))}, or module:function)")
+
+
+def score(name: str, fn: ScoreFn, images, prompts, metadata=None) -> list[float]:
+    """Call a scorer and check its answer: one finite float per image, or a RewardError naming it."""
+    metadata = list(metadata) if metadata is not None else [{} for _ in images]
+    if not len(images) == len(prompts) == len(metadata):
+        raise ValueError(f"scorer {name!r}: {len(images)} images, {len(prompts)} prompts, {len(metadata)} metadata")
+    try:
+        out = fn(list(images), list(prompts), metadata)
+    except RewardError:
+        raise
+    except Exception as e:  # a plugin's own failure: stop with its name, keep the cause
+        raise RewardError(f"scorer {name!r} failed: {type(e).__name__}: {e}") from e
+    try:
+        values = [float(v) for v in (out.tolist() if hasattr(out, "tolist") else out)]
+    except (TypeError, ValueError) as e:
+        raise RewardError(f"scorer {name!r} returned {type(out).__name__}, not a list of numbers ({e})") from None
+    if len(values) != len(images):
+        raise RewardError(f"scorer {name!r} returned {len(values)} scores for {len(images)} images")
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        raise RewardError(f"scorer {name!r} returned a non-finite score for image {bad[0]} ({values[bad[0]]})")
+    return values
+
+
+class WeightedSum:
+    """Several scorers, each with a weight: the total is sum(weight * score); `details` keeps each one's scores
+    (logged by RL, reported by evaluation)."""
+
+    def __init__(self, specs: Sequence[str | Mapping]):
+        if not specs:
+            raise ValueError("no scorers given")
+        self.parts = []
+        for s in specs:
+            weight = float(s.get("weight", 1.0)) if isinstance(s, Mapping) else 1.0
+            name, fn = build(s)
+            self.parts.append((name, weight, fn))
+        self.details: dict[str, list[float]] = {}
+
+    def __call__(self, images, prompts, metadata=None) -> list[float]:
+        total = [0.0] * len(images)
+        self.details = {}
+        for name, weight, fn in self.parts:
+            values = score(name, fn, images, prompts, metadata)
+            self.details[name] = values
+            total = [t + weight * v for t, v in zip(total, values)]
+        return total
