@@ -74,7 +74,8 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    mode: str = "lora"                # pretrain | full | lora
+    mode: str = "lora"                # pretrain | full | lora | dpo (and the other RL modes)
+    weights: str = "lora"             # RL modes (dpo, ...): which weights train: lora | full
     steps: int = 1000                 # used when there are no [[stages]]
     grad_accum: int = 1
     mixed_precision: str = "no"       # no | bf16 | fp16
@@ -114,6 +115,22 @@ class VAETrainConfig:
     disc_lr: float = 1e-4
     disc_channels: int = 64
     disc_layers: int = 3
+
+
+@dataclass
+class DPOConfig:
+    """train.mode = "dpo": Flow-DPO on preference pairs (data.path: a JSONL of pairs or scored groups)."""
+    beta: float = 100.0               # Flow-DPO's default (on per-sample mean squared errors); Diffusion-DPO: 5000
+
+
+@dataclass
+class ReferenceConfig:
+    """The frozen reference of the RL modes. With LoRA it is the base (adapters off), never a second copy; full
+    fine-tuning keeps a frozen copy of model.path."""
+    device: str = ""                  # full only: "" on the training device; "cpu": kept on the CPU, its blocks
+                                      # streamed to the device one ahead of the compute (qwenimage_core.offload)
+    fp8: bool = False                 # full only: the copy's block linears in float8 (up-cast per layer)
+    refresh_every: int = 0            # 0: offline (the starting model); N: reference = policy every N steps
 
 
 @dataclass
@@ -166,6 +183,8 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     stages: list = field(default_factory=list)  # of StageConfig
 
     def stage_list(self) -> list[StageConfig]:
@@ -176,21 +195,31 @@ class Config:
         return dataclasses.asdict(self)
 
 
+RL_MODES = ("dpo", "grpo", "nft")  # post-training: LoRA or full weights (train.weights) against a reference
+
+
+def trains_lora(cfg: "Config") -> bool:
+    """Whether the run trains LoRA adapters (mode lora, or an RL mode with train.weights = "lora")."""
+    return cfg.train.mode == "lora" or cfg.train.mode in RL_MODES and cfg.train.weights == "lora"
+
+
 CHOICES = {
     "data.kind": ("auto", "folder", "jsonl"), "data.on_error": ("skip", "error"),
     "data.template": ("t2i", "edit", "edit_plus"), "objective.name": ("flow_matching",),
     "objective.timesteps": ("uniform", "logit_normal", "shift", "dynamic"),
     "objective.weighting": ("none", "cosmap", "sigma_sqrt"), "schedule.kind": ("constant", "cosine"),
-    "train.mode": ("pretrain", "full", "lora", "vae", "vae_decoder"), "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.mode": ("pretrain", "full", "lora", "vae", "vae_decoder", "dpo"), "train.weights": ("lora", "full"),
+    "reference.device": ("", "cpu"), "train.mixed_precision": ("no", "bf16", "fp16"),
     "model.dtype": ("float32", "bfloat16", "float16"),
 }
 POSITIVE = ("data.batch_size", "data.area", "data.min_size", "optimizer.lr", "train.steps", "train.grad_accum",
             "lora.rank", "lora.alpha", "output.save_every", "output.keep_last", "logging.every",
             "validation.width", "validation.height", "validation.steps", "objective.shift", "objective.logit_std",
             "optimizer.eps", "train.max_nonfinite_steps", "vae.crop", "vae.disc_lr", "vae.disc_channels",
-            "vae.disc_layers")
+            "vae.disc_layers", "dpo.beta")
 NON_NEGATIVE = ("train.max_grad_norm", "optimizer.weight_decay", "schedule.warmup", "train.seed", "vae.holdout",
-                "vae.eval_size", "vae.l1", "vae.l2", "vae.kl", "vae.perceptual", "vae.gan", "vae.gan_start")
+                "vae.eval_size", "vae.l1", "vae.l2", "vae.kl", "vae.perceptual", "vae.gan", "vae.gan_start",
+                "reference.refresh_every")
 
 
 def _build(cls, raw: dict, where: str):
@@ -257,7 +286,7 @@ def validate(cfg: Config) -> Config:
                           "(fine-tuning a checkpoint)")
     if cfg.train.mode in ("pretrain", "vae") and not cfg.model.preset:
         raise ConfigError(f"train.mode: {cfg.train.mode!r} starts from random weights: set model.preset")
-    if cfg.train.mode in ("full", "lora", "vae_decoder") and not cfg.model.path:
+    if cfg.train.mode in ("full", "lora", "vae_decoder", *RL_MODES) and not cfg.model.path:
         raise ConfigError(f"train.mode: {cfg.train.mode!r} fine-tunes a checkpoint: set model.path")
     if cfg.train.mode in ("vae", "vae_decoder"):
         _validate_vae(cfg)

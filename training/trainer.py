@@ -25,7 +25,7 @@ from ..qwenimage_core.transformer import QwenImageTransformer
 from .data.buckets import BucketBatchSampler, category_weights
 from .data.cache import CachedDataset, CacheSettings, build_cache, collate, missing
 from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
-from .config import Config, ConfigError
+from .config import Config, ConfigError, trains_lora
 from .data.dataset import load_samples
 from .guards import LossGuard, check_finite
 from .objectives import VAE_MODES, build_objective
@@ -51,7 +51,7 @@ def build_model(cfg: Config) -> QwenImageTransformer:
         model = load_transformer(cfg.model.path, dtype=dtype)
     if cfg.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    if cfg.train.mode == "lora":
+    if trains_lora(cfg):
         from peft import LoraConfig, inject_adapter_in_model
 
         lc = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, target_modules=list(cfg.lora.targets),
@@ -383,7 +383,7 @@ class Trainer:
             check_finite(self.params, f"the trained weights to {cfg.output.dir}")
             if cfg.train.mode in VAE_MODES:
                 out.update(export_vae(model, cfg))
-            elif cfg.train.mode == "lora":
+            elif trains_lora(cfg):
                 out["lora"] = os.path.join(cfg.output.dir, "lora.safetensors")
                 save_lora(out["lora"], lora_matrices(model, cfg.lora.alpha),
                           {"qwenimage_rank": cfg.lora.rank, "qwenimage_alpha": cfg.lora.alpha,
