@@ -66,17 +66,21 @@ class FlowMatching(Objective):
     def loss(self, model, batch, generators):
         x0 = batch["latents"]                                    # [B, 16, 1, h, w], normalised
         eps, sigma = self.noise(x0, generators)
-        xt = add_noise(x0, eps, sigma.view(-1, 1, 1, 1, 1))
-        target = pack_latents(eps - x0)
-        b, _, _, h, w = x0.shape
-        tokens = pack_latents(xt)
-        shapes = [(1, h // 2, w // 2)]
-        for ref in batch.get("references") or []:                # edit triples: reference tokens after the target's
-            tokens = torch.cat([tokens, pack_latents(ref.to(x0))], dim=1)
-            shapes.append((1, ref.shape[-2] // 2, ref.shape[-1] // 2))
-        pred = model(hidden_states=tokens, encoder_hidden_states=batch["embeds"],
-                     encoder_hidden_states_mask=batch["mask"], timestep=sigma, img_shapes=[shapes] * b)
-        pred = pred[:, :target.shape[1]].float()
-        per_sample = ((pred - target.float()) ** 2).mean(dim=(1, 2)) * loss_weight(self.weighting, sigma.float())
-        return per_sample, {"sigma": sigma.mean().item()}
+        err = velocity_error(model, x0, eps, sigma, batch["embeds"], batch["mask"], batch.get("references"))
+        return err * loss_weight(self.weighting, sigma.float()), {"sigma": sigma.mean().item()}
 
+
+def velocity_error(model, x0, eps, sigma, embeds, mask, references=None) -> torch.Tensor:
+    """Per-sample mean squared error [B] of the predicted velocity against eps - x0 at x_t (float32)."""
+    xt = add_noise(x0, eps, sigma.view(-1, 1, 1, 1, 1))
+    target = pack_latents(eps - x0)
+    b, _, _, h, w = x0.shape
+    tokens = pack_latents(xt)
+    shapes = [(1, h // 2, w // 2)]
+    for ref in references or []:                                 # edit triples: reference tokens after the target's
+        tokens = torch.cat([tokens, pack_latents(ref.to(x0))], dim=1)
+        shapes.append((1, ref.shape[-2] // 2, ref.shape[-1] // 2))
+    pred = model(hidden_states=tokens, encoder_hidden_states=embeds, encoder_hidden_states_mask=mask,
+                 timestep=sigma, img_shapes=[shapes] * b)
+    pred = pred[:, :target.shape[1]].float()
+    return ((pred - target.float()) ** 2).mean(dim=(1, 2))
