@@ -239,7 +239,7 @@ def encode_references(vae, refs, template: str) -> EditReferences:
 def sample(transformer, cond: Conditioning, uncond: Conditioning | None = None, *, width: int, height: int,
            steps: int, cfg: float, seed, batch: int = 1, shift: float | None = None,
            schedule: ScheduleConfig | None = None, clean: torch.Tensor | None = None, strength: float = 1.0,
-           mask: torch.Tensor | None = None, device=None, callback=None, interrupt=None) -> torch.Tensor:
+           mask: torch.Tensor | None = None, device=None, callback=None, interrupt=None, step=None) -> torch.Tensor:
     """The one sampler behind `QwenImage.generate`, the graph nodes and the trainer's validation: packed latents
     [batch, S, 64] (normalised) for the conditioning. Edit references ride on `cond.references`.
 
@@ -247,7 +247,8 @@ def sample(transformer, cond: Conditioning, uncond: Conditioning | None = None, 
     uses the official resolution-dependent schedule; a number, ComfyUI's fixed-shift schedule. `clean`
     (normalised latents [1 or batch, 16, 1, h, w]) starts from that image, skipping the first (1 - strength) of
     the steps as the reference's get_timesteps does; `mask` (in [0, 1], [1 or batch, 1, H, W], any size: resized
-    to the output and binarised at 0.5; 1 = repaint) inpaints, keeping the rest of `clean` at every step."""
+    to the output and binarised at 0.5; 1 = repaint) inpaints, keeping the rest of `clean` at every step. `step`
+    replaces the Euler step (`sampling.denoise`; RL's stochastic sampler)."""
     gen = _generators(seed, batch)
     sigmas = sigmas_for(steps, width, height, shift, schedule)
     if not 0.0 < strength <= 1.0:
@@ -281,7 +282,8 @@ def sample(transformer, cond: Conditioning, uncond: Conditioning | None = None, 
         inpaint = InpaintState(*(move(t) for t in (inpaint.image_tokens, inpaint.mask_tokens, inpaint.noise)))
     return denoise(transformer, move(latents), sigmas.to(dev), cond.to(dev, dtype), img_shapes=img_shapes,
                    uncond=None if uncond is None else uncond.to(dev, dtype), cfg=cfg,
-                   reference_tokens=move(ref_tokens), inpaint=inpaint, callback=callback, interrupt=interrupt)
+                   reference_tokens=move(ref_tokens), inpaint=inpaint, callback=callback, interrupt=interrupt,
+                   step=step)
 
 
 def sigmas_for(steps: int, width: int, height: int, shift: float | None = None,

@@ -48,6 +48,8 @@ class InpaintState:
 
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]  # (step, total, latents, denoised x0)
+Step = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (i, x, v, s, s') -> x'
+
 
 
 def guided_velocity(cond_v: torch.Tensor, uncond_v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -60,6 +62,26 @@ def guided_velocity(cond_v: torch.Tensor, uncond_v: torch.Tensor, scale: float) 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
     """The flow-matching forward process: x_sigma = sigma * noise + (1 - sigma) * x0."""
     return sigma * noise + (1.0 - sigma) * x0
+
+
+def predict_velocity(transformer, latents: torch.Tensor, sigma, cond: Conditioning, *, img_shapes,
+                     uncond: Optional[Conditioning] = None, cfg: float = 1.0,
+                     reference_tokens: Optional[torch.Tensor] = None, extra: Optional[dict] = None) -> torch.Tensor:
+    """The model's velocity for packed latents [B, S, 64] at noise level `sigma` (a scalar), with true CFG when
+    `uncond` is given and cfg > 1: the one prediction the sampler and RL training (which needs it with gradients,
+    for the same numbers the sampler saw) share."""
+    t = pipeline_model_timestep(sigma * 1000, latents.shape[0], latents.dtype)
+    x = latents if reference_tokens is None else torch.cat([latents, reference_tokens], dim=1)
+
+    def velocity(c: Conditioning) -> torch.Tensor:
+        v = transformer(hidden_states=x, encoder_hidden_states=c.embeds, encoder_hidden_states_mask=c.mask,
+                        timestep=t, img_shapes=img_shapes, **(extra or {}))
+        return v[:, :latents.shape[1]]
+
+    v = velocity(cond)
+    if uncond is not None and cfg > 1.0:
+        v = guided_velocity(v, velocity(uncond), cfg)
+    return v
 
 
 def denoise(
@@ -76,33 +98,23 @@ def denoise(
     callback: Optional[StepCallback] = None,
     interrupt: Optional[Callable[[], bool]] = None,
     extra: Optional[dict] = None,
+    step: Optional[Step] = None,
 ) -> torch.Tensor:
     """Integrate packed latents [B, S, 64] from sigmas[0] down to sigmas[-1] (normally 0).
 
     reference_tokens [B, S_ref, 64]: edit references, joined after the noisy tokens and never updated; img_shapes
     describes both. CFG runs when `uncond` is given and cfg > 1. `callback(step, total, latents, x0)` runs after
     each step (x0 = the current estimate of the clean latents, for previews); `interrupt()` is checked before
-    each step and raises Interrupted. `extra` passes model arguments through (e.g. additional_t_cond)."""
-    extra = extra or {}
-    use_cfg = uncond is not None and cfg > 1.0
-    n_img = latents.shape[1]
+    each step and raises Interrupted. `extra` passes model arguments through (e.g. additional_t_cond). `step(i,
+    latents, v, sigma, sigma_next)` replaces the Euler step (RL's stochastic step, which records what it took)."""
     total = len(sigmas) - 1
     for i in range(total):
         if interrupt is not None and interrupt():
             raise Interrupted(f"interrupted before step {i + 1} of {total}")
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        t = pipeline_model_timestep(sigma * 1000, latents.shape[0], latents.dtype)
-        x = latents if reference_tokens is None else torch.cat([latents, reference_tokens], dim=1)
-
-        def velocity(c: Conditioning) -> torch.Tensor:
-            v = transformer(hidden_states=x, encoder_hidden_states=c.embeds, encoder_hidden_states_mask=c.mask,
-                            timestep=t, img_shapes=img_shapes, **extra)
-            return v[:, :n_img]
-
-        v = velocity(cond)
-        if use_cfg:
-            v = guided_velocity(v, velocity(uncond), cfg)
-        new = euler_step(latents, v, sigma, sigma_next)
+        v = predict_velocity(transformer, latents, sigma, cond, img_shapes=img_shapes, uncond=uncond, cfg=cfg,
+                             reference_tokens=reference_tokens, extra=extra)
+        new = euler_step(latents, v, sigma, sigma_next) if step is None else step(i, latents, v, sigma, sigma_next)
         if inpaint is not None:
             keep = inpaint.image_tokens
             if i < total - 1:

@@ -134,6 +134,35 @@ class ReferenceConfig:
 
 
 @dataclass
+class RLConfig:
+    """Online RL (train.mode "grpo" or "nft"): groups of samples of the current policy for the prompts in data.path
+    (a .txt file, one prompt a line, or JSONL rows {"prompt", any metadata the rewards read}), scored by `rewards`.
+    Defaults: Flow-GRPO's Qwen-Image setting (group 16, 10 sampling steps, 512 px, true CFG 4)."""
+    rewards: list = field(default_factory=list)  # scorer specs: "name", "module:function" or {name, weight, options}
+    group_size: int = 16              # samples per prompt (G); advantages are normalised within each group
+    groups: int = 32                  # prompts per iteration, over all processes
+    inner_epochs: int = 1             # passes over an iteration's samples
+    steps: int = 10                   # sampling steps of the rollouts (validation.steps, e.g. 50, evaluates)
+    width: int = 512
+    height: int = 512
+    cfg: float = 4.0                  # true CFG while sampling (1: none)
+    train_cfg: bool = True            # and while computing the trained log-probabilities (GRPO)
+    negative_prompt: str = " "
+    sampler: str = "sde"              # sde (Flow-GRPO's ODE-to-SDE step) | cps (coefficients-preserving)
+    noise_level: float = 0.7
+    sde_window: int = 0               # > 0: SDE and training on this many steps only, ODE elsewhere (MixGRPO/Fast)
+    sde_window_range: list = field(default_factory=lambda: [0, 5])  # the window starts at random in [lo, hi - size]
+    timestep_fraction: float = 1.0    # no window: train this fraction of the SDE steps (all but the last), first first
+    clip_range: float = 1e-4          # PPO clip of the ratio
+    adv_clip_max: float = 5.0         # advantages clipped to +-this
+    global_std: bool = True           # normalise by the std of all of an iteration's rewards, not the group's
+    beta: float = 0.0                 # KL to the reference, the exact Gaussian KL per step (Flow-GRPO's beta x |dt|)
+    nft_beta: float = 1.0             # DiffusionNFT: how far the implicit positive/negative policies move
+    nft_timesteps: int = 2            # DiffusionNFT: forward-noised points per sample and iteration
+    nft_kl: float = 0.0               # DiffusionNFT: weight of ||v - v_ref||^2
+
+
+@dataclass
 class OutputConfig:
     dir: str = "runs/qwenimage"
     save_every: int = 500
@@ -185,6 +214,7 @@ class Config:
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     stages: list = field(default_factory=list)  # of StageConfig
 
     def stage_list(self) -> list[StageConfig]:
@@ -208,18 +238,19 @@ CHOICES = {
     "data.template": ("t2i", "edit", "edit_plus"), "objective.name": ("flow_matching",),
     "objective.timesteps": ("uniform", "logit_normal", "shift", "dynamic"),
     "objective.weighting": ("none", "cosmap", "sigma_sqrt"), "schedule.kind": ("constant", "cosine"),
-    "train.mode": ("pretrain", "full", "lora", "vae", "vae_decoder", "dpo"), "train.weights": ("lora", "full"),
+    "train.mode": ("pretrain", "full", "lora", "vae", "vae_decoder", "dpo", "grpo", "nft"), "train.weights": ("lora", "full"),
     "reference.device": ("", "cpu"), "train.mixed_precision": ("no", "bf16", "fp16"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.dtype": ("float32", "bfloat16", "float16"), "rl.sampler": ("sde", "cps"),
 }
 POSITIVE = ("data.batch_size", "data.area", "data.min_size", "optimizer.lr", "train.steps", "train.grad_accum",
             "lora.rank", "lora.alpha", "output.save_every", "output.keep_last", "logging.every",
             "validation.width", "validation.height", "validation.steps", "objective.shift", "objective.logit_std",
             "optimizer.eps", "train.max_nonfinite_steps", "vae.crop", "vae.disc_lr", "vae.disc_channels",
-            "vae.disc_layers", "dpo.beta")
+            "vae.disc_layers", "dpo.beta", "rl.group_size", "rl.groups", "rl.inner_epochs", "rl.steps", "rl.width",
+            "rl.height", "rl.cfg", "rl.clip_range", "rl.adv_clip_max", "rl.nft_beta", "rl.nft_timesteps")
 NON_NEGATIVE = ("train.max_grad_norm", "optimizer.weight_decay", "schedule.warmup", "train.seed", "vae.holdout",
                 "vae.eval_size", "vae.l1", "vae.l2", "vae.kl", "vae.perceptual", "vae.gan", "vae.gan_start",
-                "reference.refresh_every")
+                "reference.refresh_every", "rl.noise_level", "rl.sde_window", "rl.beta", "rl.nft_kl")
 
 
 def _build(cls, raw: dict, where: str):
@@ -290,6 +321,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.mode: {cfg.train.mode!r} fine-tunes a checkpoint: set model.path")
     if cfg.train.mode in ("vae", "vae_decoder"):
         _validate_vae(cfg)
+    if cfg.train.mode in ("grpo", "nft"):
+        _validate_rl(cfg)
     if not cfg.data.path and not all(s.data for s in cfg.stages or [StageConfig()]):
         raise ConfigError("data.path: required (or a data path in every stage)")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
@@ -316,6 +349,28 @@ def _validate_vae(cfg: Config) -> None:
             raise ConfigError(f"vae.{key}: {getattr(v, key)} pixels is not a multiple of 8 (the VAE's 8x down)")
     if v.l1 + v.l2 + (v.perceptual if v.perceptual_weights else 0) <= 0:
         raise ConfigError("vae.l1 / vae.l2 / vae.perceptual: at least one reconstruction weight must be positive")
+
+
+def _validate_rl(cfg: Config) -> None:
+    r = cfg.rl
+    if not r.rewards:
+        raise ConfigError("rl.rewards: give at least one reward (a name, module:function, or {name, weight, ...})")
+    if r.width % 16 or r.height % 16:
+        raise ConfigError("rl.width/height: must be multiples of 16")
+    if r.group_size < 2 and cfg.train.mode == "grpo":
+        raise ConfigError("rl.group_size: GRPO needs at least 2 samples per prompt to compare")
+    if not 0.0 < r.timestep_fraction <= 1.0:
+        raise ConfigError(f"rl.timestep_fraction: must be in (0, 1], got {r.timestep_fraction}")
+    if r.sde_window:
+        lo, hi = (list(r.sde_window_range) + [None, None])[:2]
+        if len(r.sde_window_range) != 2 or not (isinstance(lo, int) and isinstance(hi, int)
+                                                and 0 <= lo and lo + r.sde_window <= hi <= r.steps - 1):
+            raise ConfigError(f"rl.sde_window_range: {r.sde_window_range} must be [lo, hi] with lo >= 0 and "
+                              f"lo + rl.sde_window ({r.sde_window}) <= hi <= rl.steps - 1 ({r.steps - 1})")
+    elif r.steps < 2:
+        raise ConfigError("rl.steps: at least 2 (the last step is never stochastic)")
+    if not r.noise_level > 0 and cfg.train.mode == "grpo":
+        raise ConfigError("rl.noise_level: GRPO needs a stochastic sampler (noise_level > 0)")
 
 
 def check_finite(value, path: str = "") -> None:
