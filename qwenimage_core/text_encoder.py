@@ -514,16 +514,6 @@ def _default_dtype(sources: dict) -> torch.dtype:
 CONFIG_METADATA_KEY = "qwen2_5_vl_config"  # safetensors metadata: the JSON config of a non-official encoder
 
 
-def _embedded_config(path: Path, metadata: dict | None):
-    raw = (metadata or {}).get(CONFIG_METADATA_KEY)
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise TextEncoderLoadError(f"{path}: metadata {CONFIG_METADATA_KEY!r} is not valid JSON: {e}") from None
-
-
 def save_text_encoder_file(model, path: str | os.PathLike) -> None:
     """Write a Qwen2.5-VL model as a ComfyUI-style single file (ComfyUI's key names), with its config in the
     metadata so that a non-official size (a test model, a distilled encoder) loads back without being told."""
@@ -577,7 +567,10 @@ def _load_text_encoder_model(path: Path, device, dtype, config):
     elif path.is_file():
         sources = _single_file_sources(path)
         if config is None:  # a file we wrote may carry its config (ComfyUI files do not: Qwen2.5-VL-7B)
-            config = _embedded_config(path, next(iter(sources.values()))[0].metadata)
+            try:
+                config = next(iter(sources.values()))[0].metadata_json(CONFIG_METADATA_KEY)
+            except CheckpointError as e:  # the loader's own error type, the same message
+                raise TextEncoderLoadError(str(e)) from None
             if config is not None and not isinstance(config, dict):
                 raise TextEncoderLoadError(f"{path}: metadata {CONFIG_METADATA_KEY!r} is not a JSON object")
         try:
