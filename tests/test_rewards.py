@@ -330,6 +330,11 @@ def test_http_reward_timeout_and_unreachable():
         score(*build({"name": "http", "url": url, "timeout": 5}), [Image.new("RGB", (8, 8))], ["a"])
 
 
+def test_unknown_options_are_named():
+    with pytest.raises(ValueError, match=r"scorer 'jpeg_compressibility': .*unexpected keyword argument 'qualty'"):
+        build({"name": "jpeg_compressibility", "qualty": 90})
+
+
 def test_builtin_scorers_are_registered():
     assert {"ocr", "jpeg_compressibility", "jpeg_incompressibility", "clip_score", "pickscore", "vlm_judge",
             "http"} <= set(REGISTRY)

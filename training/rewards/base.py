@@ -39,7 +39,10 @@ def build(spec: str | Mapping) -> tuple[str, ScoreFn]:
     if not name:
         raise ValueError(f"scorer spec {spec!r}: needs a name (one of {', '.join(sorted(REGISTRY))}, or module:function)")
     if name in REGISTRY:
-        return name, REGISTRY[name](**spec)
+        try:
+            return name, REGISTRY[name](**spec)
+        except (TypeError, ImportError) as e:  # an unknown option, a missing extra: a config error, named
+            raise ValueError(f"scorer {name!r}: {e}") from e
     if ":" in name:
         module, _, attr = name.partition(":")
         try:

@@ -10,8 +10,8 @@ import os
 from .base import register
 
 
-class ModelMissing(RuntimeError):
-    """A scorer's model cannot be found or loaded; names the model and how to get it."""
+class ModelMissing(ValueError):
+    """A scorer's model cannot be found or loaded; names the model and how to get it (a config error)."""
 
 
 def load_pretrained(cls, name: str, what: str, offline: bool, **kwargs):
