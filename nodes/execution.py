@@ -569,8 +569,10 @@ class Executor:
 
     # ---- the run
     def execute(self, prompt: dict, prompt_id: str = "", extra_data: Optional[dict] = None,
-                on_event: Optional[Callable[[str, dict], Any]] = None, outputs: Optional[list] = None) -> RunResult:
-        """Run a (validated) prompt. `outputs`: output node ids to run (default: every OUTPUT_NODE in it)."""
+                on_event: Optional[Callable[[str, dict], Any]] = None, outputs: Optional[list] = None,
+                previews: bool = True) -> RunResult:
+        """Run a (validated) prompt. `outputs`: output node ids to run (default: every OUTPUT_NODE in it);
+        previews=False: the sampler makes no live previews (none would be sent)."""
         extra_data = extra_data or {}
         prompt = {str(k): v for k, v in prompt.items()}
         result = RunResult(prompt_id, "success")
@@ -597,8 +599,8 @@ class Executor:
             if preview is not None:
                 emit("preview", {"image": preview, "node": current["node"], "prompt_id": prompt_id})
 
-        prev_hook = getattr(host, "_progress_hook", None)
-        host.set_progress_hook(hook)
+        prev_hook, prev_previews = getattr(host, "_progress_hook", None), getattr(host, "_previews", True)
+        host.set_progress_hook(hook, previews)
         try:
             try:
                 order = self._needed(prompt, outputs)
@@ -678,7 +680,7 @@ class Executor:
             return result
         finally:
             self.current_node = None
-            host.set_progress_hook(prev_hook)
+            host.set_progress_hook(prev_hook, prev_previews)
             self.trim_cache(limits.LIMITS.max_cache_mb * 2 ** 20)
             emit("executing", {"node": None, "prompt_id": prompt_id}, keep=False)
 

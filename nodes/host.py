@@ -145,13 +145,15 @@ def models_overview(create: bool = True) -> str:
 # ----------------------------------------------------------------------------------- progress and interrupt
 
 _progress_hook: Optional[Callable] = None
+_previews = True
 _interrupt = threading.Event()
 
 
-def set_progress_hook(fn: Optional[Callable]) -> None:
-    """fn(value, total, preview) — preview a PIL image or None. Set by our server; ComfyUI has its own."""
-    global _progress_hook
-    _progress_hook = fn
+def set_progress_hook(fn: Optional[Callable], previews: bool = True) -> None:
+    """fn(value, total, preview) — preview a PIL image or None. Set by our server; ComfyUI has its own.
+    previews=False: the run sends none, so the sampler need not make them."""
+    global _progress_hook, _previews
+    _progress_hook, _previews = fn, previews
 
 
 class Progress:
@@ -160,6 +162,11 @@ class Progress:
     def __init__(self, total: int):
         self.total = total
         self._bar = _cutils.ProgressBar(total) if IN_COMFYUI else None
+
+    @property
+    def wants_preview(self) -> bool:
+        """Whether a preview passed to update() goes anywhere (ComfyUI decides itself which it shows)."""
+        return self._bar is not None or (_progress_hook is not None and _previews)
 
     def update(self, value: int, preview=None) -> None:
         if self._bar is not None:

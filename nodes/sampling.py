@@ -97,8 +97,7 @@ class QwenImageSampler:
         bar = host.progress(steps)
 
         def step(i, total, latents, x0):
-            preview = latent_preview(unpack_latents(x0[:1].float().cpu(), h, w))
-            bar.update(i + 1, preview)
+            bar.update(i + 1, latent_preview(unpack_latents(x0[:1].float().cpu(), h, w)) if bar.wants_preview else None)
 
         with model.patched() as transformer:
             packed = sample(transformer, positive, negative if cfg > 1.0 else None, width=w * 8, height=h * 8,

@@ -313,6 +313,13 @@ def test_progress_previews_and_interrupt(loaded):
     finally:
         host.set_progress_hook(None)
     assert [s[:2] for s in seen] == [(1, 3), (2, 3), (3, 3)] and seen[0][2][0] > 0
+    seen.clear()  # a run that sends no previews: the sampler makes none (progress still flows)
+    host.set_progress_hook(lambda v, total, preview: seen.append((v, total, preview)), previews=False)
+    try:
+        _t2i_graph(model, te, vae, steps=3)
+    finally:
+        host.set_progress_hook(None)
+    assert seen == [(1, 3, None), (2, 3, None), (3, 3, None)]
     host.request_interrupt()
     try:
         with pytest.raises(host.Interrupted):

@@ -157,9 +157,10 @@ class PromptServer:
         number, prompt_id, prompt, extra_data, outputs = item[:5]
         sid = extra_data.get("client_id")
         self.client_id, self.running_prompt_id = sid, prompt_id
-        on_event = self._event_sender(sid, prompt_id, previews_wanted(self.preview_method, extra_data))
+        previews = previews_wanted(self.preview_method, extra_data)
+        on_event = self._event_sender(sid, prompt_id, previews)
         try:
-            result = self.executor.execute(prompt, prompt_id, extra_data, on_event, outputs=outputs)
+            result = self.executor.execute(prompt, prompt_id, extra_data, on_event, outputs=outputs, previews=previews)
             status_str = "success" if result.status == "success" else "error"
             entry = {"prompt": public_item(item), "outputs": result.ui,
                      "status": {"status_str": status_str, "completed": result.status == "success",
