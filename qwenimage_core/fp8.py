@@ -76,6 +76,8 @@ class FP8Linear(nn.Linear):
         if self.use_scaled_mm and x.is_cuda and self.weight.dtype == torch.float8_e4m3fn:
             return self._scaled_mm(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if torch.is_grad_enabled():  # training through a frozen fp8 base (LoRA): no up-cast copy kept for backward
+            return UpcastLinear.apply(x, self.weight, self.weight_scale, bias)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
     def _scaled_mm(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +91,27 @@ class FP8Linear(nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", weight={self.weight.dtype}, compute={self.compute_dtype}"
+
+
+class UpcastLinear(torch.autograd.Function):
+    """x (W_fp8 * s)^T + b for a frozen fp8 weight, up-cast per layer in the forward AND again in the backward.
+
+    Plain autograd would save the up-cast weight for the input's gradient: a high-precision copy of every layer
+    alive until the backward, as much memory as a bf16 base. Saving the fp8 weight itself costs nothing (it is
+    the parameter), and the backward up-casts it again just for its matmul. The weight gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, scale, bias):
+        ctx.save_for_backward(weight, scale)
+        ctx.bias_grad = bias is not None and bias.requires_grad
+        return F.linear(x, weight.to(x.dtype) * scale.to(x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, scale = ctx.saved_tensors
+        gx = grad @ (weight.to(grad.dtype) * scale.to(grad.dtype)) if ctx.needs_input_grad[0] else None
+        gb = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.bias_grad else None
+        return gx, None, None, gb
 
 
 def swap_to_fp8(model: nn.Module, names, weight_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16) -> None:

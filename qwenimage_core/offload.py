@@ -7,7 +7,8 @@ when it reaches block i+1. After a streamed block has run, its parameters point 
 GPU copies are freed once the compute stream is done with them (`record_stream`). The weights are only read,
 never written, so the CPU copy stays the canonical one and the output is bit-identical to the resident run.
 
-Inference only: gradients through streamed blocks are not supported (the trainer uses gradient checkpointing).
+Training (LoRA) streams the same way through the backward pass, with gradient checkpointing (`train=True`);
+the gradients are bit-identical to the resident run's too.
 """
 from __future__ import annotations
 
@@ -26,22 +27,34 @@ def module_bytes(module: nn.Module) -> int:
 class BlockSwap:
     """Stream `model.transformer_blocks[resident:]` to `device` one block ahead of the compute.
 
+    A streamed block's parameters and buffers are swapped in and out as objects: loading puts a device copy in
+    the module's slot, releasing puts the CPU one back. Autograd keeps a reference to the device copy it saved,
+    so a release never changes a tensor the backward pass will read; the copy is freed when nothing needs it.
+
+    `train=True` serves LoRA training: parameters that require grad stay on the device (the optimiser holds
+    them), and the schedule runs both ways. The model must use gradient checkpointing (else the forward keeps
+    every block's weights alive for the backward and nothing is saved): each block then runs forward once in the
+    forward pass (blocks resident..N-1, prefetching i+1) and again, recomputed, in the backward pass (N-1 down
+    to resident, prefetching i-1). The block at each turn stays: the last one for the backward, the first one
+    for the next step's forward.
+
     Works on CPU too (then the "copies" are plain tensor copies on one device), which is how the tests check
     the bookkeeping: `max_loaded` records how many streamed blocks were ever on the device at once (at most 2:
-    the one computing and the one prefetched)."""
+    the one computing and the one prefetched); `moves` (with `trace=True`) lists every ("load"|"release", i)."""
 
-    def __init__(self, model: nn.Module, resident: int, device, pin: bool = True):
-        self.model, self.device = model, torch.device(device)
+    def __init__(self, model: nn.Module, resident: int, device, pin: bool = True, train: bool = False,
+                 trace: bool = False):
+        self.model, self.device, self.train = model, torch.device(device), train
         self.blocks = list(model.transformer_blocks)
         if not 0 <= resident <= len(self.blocks):
             raise ValueError(f"resident blocks {resident} must be in 0..{len(self.blocks)}")
         self.resident = resident
         self.cuda = self.device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
-        # everything but the streamed blocks lives on the device
-        streamed = set(range(resident, len(self.blocks)))
+        # everything but the streamed blocks' frozen tensors lives on the device
+        streamed = range(resident, len(self.blocks))
         for i, block in enumerate(self.blocks):
-            if i not in streamed:
+            if i < resident:
                 block.to(self.device)
         for name, child in model.named_children():
             if name != "transformer_blocks":
@@ -49,17 +62,25 @@ class BlockSwap:
         for p in model._parameters.values():
             if p is not None:
                 p.data = p.data.to(self.device)
-        self.cpu = {}  # block index -> [(tensor holder, CPU copy)]
+        self.cpu = {}  # block index -> [(module, "_parameters" | "_buffers", name, CPU tensor)]
         for i in streamed:
             held = []
-            for t in list(self.blocks[i].parameters()) + list(self.blocks[i].buffers()):
-                cpu = t.data.to("cpu")
-                if pin and self.cuda:
-                    cpu = cpu.pin_memory()
-                t.data = cpu
-                held.append((t, cpu))
+            for module in self.blocks[i].modules():
+                for kind in ("_parameters", "_buffers"):
+                    for name, t in getattr(module, kind).items():
+                        if t is None:
+                            continue
+                        if train and kind == "_parameters" and t.requires_grad:
+                            t.data = t.data.to(self.device)  # trainable: stays put, same object for the optimiser
+                            continue
+                        cpu = t.to("cpu") if t.device.type != "cpu" else t
+                        if pin and self.cuda:
+                            cpu = _like(t, cpu.pin_memory())
+                        getattr(module, kind)[name] = cpu
+                        held.append((module, kind, name, cpu))
             self.cpu[i] = held
         self.events, self.loaded, self.max_loaded = {}, set(), 0
+        self.moves: list | None = [] if trace else None
         self.hooks = []
         for i in streamed:
             self.hooks.append(self.blocks[i].register_forward_pre_hook(self._before(i)))
@@ -71,19 +92,29 @@ class BlockSwap:
         def hook(module, args):
             if i not in self.loaded:  # the first streamed block of a pass (nothing prefetched it)
                 self._load(i)
-            if self.cuda:
-                torch.cuda.current_stream(self.device).wait_event(self.events.pop(i))
+            event = self.events.pop(i, None)
+            if event is not None:
+                torch.cuda.current_stream(self.device).wait_event(event)
             nxt = self._next(i)
+            for j in list(self.loaded - {i, nxt}):  # left by a pass that stopped early (checkpoint's early stop)
+                self._release(j)
             if nxt is not None and nxt not in self.loaded:
                 self._load(nxt)  # overlaps with this block's compute
         return hook
 
     def _after(self, i):
         def hook(module, args, output):
+            if self.train and torch.is_grad_enabled():
+                last = len(self.blocks) - 1
+                if i == (self.resident if _in_backward() else last):
+                    return  # the block at the turn is the next one to run: it stays
             self._release(i)
         return hook
 
     def _next(self, i):
+        if self.train and torch.is_grad_enabled():  # forward up to the last block, backward down to `resident`
+            nxt = i - 1 if _in_backward() else i + 1
+            return nxt if nxt in self.cpu else None
         nxt = i + 1 if i + 1 < len(self.blocks) else self.resident
         return nxt if nxt != i and nxt in self.cpu else None
 
@@ -91,22 +122,27 @@ class BlockSwap:
         stream = self.copy_stream
         ctx = torch.cuda.stream(stream) if self.cuda else _null()
         with ctx:
-            for t, cpu in self.cpu[i]:
-                t.data = cpu.to(self.device, non_blocking=True, copy=True)
+            for module, kind, name, cpu in self.cpu[i]:
+                getattr(module, kind)[name] = _like(cpu, cpu.to(self.device, non_blocking=True, copy=True))
             if self.cuda:
                 ev = torch.cuda.Event()
                 ev.record(stream)
                 self.events[i] = ev
         self.loaded.add(i)
         self.max_loaded = max(self.max_loaded, len(self.loaded))
+        if self.moves is not None:
+            self.moves.append(("load", i))
 
     def _release(self, i):
         compute = torch.cuda.current_stream(self.device) if self.cuda else None
-        for t, cpu in self.cpu[i]:
+        for module, kind, name, cpu in self.cpu[i]:
             if self.cuda:
-                t.data.record_stream(compute)  # freed only after the compute stream is past this block
-            t.data = cpu
+                getattr(module, kind)[name].record_stream(compute)  # freed only after the compute stream used it
+            getattr(module, kind)[name] = cpu
+        self.events.pop(i, None)
         self.loaded.discard(i)
+        if self.moves is not None:
+            self.moves.append(("release", i))
 
     def remove(self) -> None:
         """Stop streaming; streamed blocks stay on the CPU."""
@@ -117,7 +153,20 @@ class BlockSwap:
             self._release(i)
 
 
+def _like(template: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+    """`data` as the same kind of object as `template` (a frozen Parameter stays a Parameter)."""
+    if isinstance(template, nn.Parameter):
+        return nn.Parameter(data, requires_grad=False)
+    return data
+
+
+def _in_backward() -> bool:
+    """True while the autograd engine runs (a checkpointed block recomputing its forward in the backward pass)."""
+    return torch._C._current_graph_task_id() != -1
+
+
 class _null:
+
     def __enter__(self):
         return self
 
