@@ -84,6 +84,9 @@ class TrainConfig:
     seed: int = 0
     ema_decay: float = 0.0            # 0: no EMA
     distributed: dict = field(default_factory=dict)  # passed to accelerate (e.g. find_unused_parameters)
+    vram_budget_gb: float = 0.0       # LoRA: the memory plan (training/memory_plan.py) fits the run in this; 0: none
+    blocks_to_swap: int = -1          # LoRA: blocks streamed from CPU memory; -1: from the budget (none without one)
+    fp8_base: str = "auto"            # LoRA: auto (fp8 files stay fp8; fp8 when the budget needs it) | on | off
 
 
 @dataclass
@@ -240,7 +243,8 @@ CHOICES = {
     "objective.weighting": ("none", "cosmap", "sigma_sqrt"), "schedule.kind": ("constant", "cosine"),
     "train.mode": ("pretrain", "full", "lora", "vae", "vae_decoder", "dpo", "grpo", "nft"), "train.weights": ("lora", "full"),
     "reference.device": ("", "cpu"), "train.mixed_precision": ("no", "bf16", "fp16"),
-    "model.dtype": ("float32", "bfloat16", "float16"), "rl.sampler": ("sde", "cps"),
+    "model.dtype": ("float32", "bfloat16", "float16"), "train.fp8_base": ("auto", "on", "off"),
+    "rl.sampler": ("sde", "cps"),
 }
 POSITIVE = ("data.batch_size", "data.area", "data.min_size", "optimizer.lr", "train.steps", "train.grad_accum",
             "lora.rank", "lora.alpha", "output.save_every", "output.keep_last", "logging.every",
@@ -250,7 +254,8 @@ POSITIVE = ("data.batch_size", "data.area", "data.min_size", "optimizer.lr", "tr
             "rl.height", "rl.cfg", "rl.clip_range", "rl.adv_clip_max", "rl.nft_beta", "rl.nft_timesteps")
 NON_NEGATIVE = ("train.max_grad_norm", "optimizer.weight_decay", "schedule.warmup", "train.seed", "vae.holdout",
                 "vae.eval_size", "vae.l1", "vae.l2", "vae.kl", "vae.perceptual", "vae.gan", "vae.gan_start",
-                "reference.refresh_every", "rl.noise_level", "rl.sde_window", "rl.beta", "rl.nft_kl")
+                "reference.refresh_every", "rl.noise_level", "rl.sde_window", "rl.beta", "rl.nft_kl",
+                "train.vram_budget_gb")
 
 
 def _build(cls, raw: dict, where: str):
@@ -325,6 +330,12 @@ def validate(cfg: Config) -> Config:
         _validate_rl(cfg)
     if not cfg.data.path and not all(s.data for s in cfg.stages or [StageConfig()]):
         raise ConfigError("data.path: required (or a data path in every stage)")
+    t = cfg.train
+    if t.blocks_to_swap < -1:
+        raise ConfigError(f"train.blocks_to_swap: must be -1 (from the budget) or more, got {t.blocks_to_swap}")
+    if (t.vram_budget_gb or t.blocks_to_swap >= 0 or t.fp8_base != "auto") and t.mode != "lora":
+        raise ConfigError(f"train.vram_budget_gb / blocks_to_swap / fp8_base: the memory plan is for train.mode "
+                          f"'lora', not {t.mode!r}")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
     if not 0.0 <= cfg.lora.dropout < 1.0:

@@ -18,8 +18,10 @@ from tqdm.auto import tqdm
 
 from ..qwenimage_core.checkpoint import load_transformer, save_comfyui_transformer, save_transformer
 from ..qwenimage_core.config import preset
+from ..qwenimage_core.fp8 import FP8Linear
 from ..qwenimage_core.images import save_png
 from ..qwenimage_core.lora import save_lora
+from ..qwenimage_core.offload import BlockSwap
 from ..qwenimage_core.pipeline import QwenImage
 from ..qwenimage_core.transformer import QwenImageTransformer
 from .data.buckets import BucketBatchSampler, category_weights
@@ -28,6 +30,7 @@ from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
 from .config import Config, ConfigError, trains_lora
 from .data.dataset import load_samples
 from .guards import LossGuard, check_finite
+from .memory_plan import plan_for_config
 from .objectives import VAE_MODES, build_objective
 from .vae_run import build_vae, evaluate, export_vae, heldout, vae_stage_data, write_metrics
 
@@ -37,8 +40,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 # ------------------------------------------------------------------------------------------------- model
 
-def build_model(cfg: Config) -> QwenImageTransformer:
-    """Random init at a preset (pretraining) or a loaded checkpoint; LoRA adapters injected with peft."""
+def build_model(cfg: Config, plan=None) -> QwenImageTransformer:
+    """Random init at a preset (pretraining) or a loaded checkpoint; LoRA adapters injected with peft. A memory
+    `plan` (training/memory_plan.py) says whether the frozen base is fp8 and turns on gradient checkpointing."""
     dtype = DTYPES[cfg.model.dtype]
     if cfg.train.mode in VAE_MODES:
         return build_vae(cfg, dtype)
@@ -48,8 +52,8 @@ def build_model(cfg: Config) -> QwenImageTransformer:
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"model.preset / model.preset_overrides: {e}") from None
     else:
-        model = load_transformer(cfg.model.path, dtype=dtype)
-    if cfg.model.gradient_checkpointing:
+        model = load_transformer(cfg.model.path, dtype=dtype, weight_dtype=base_weight_dtype(plan, dtype))
+    if cfg.model.gradient_checkpointing or plan is not None and plan.checkpointing:
         model.enable_gradient_checkpointing()
     if trains_lora(cfg):
         from peft import LoraConfig, inject_adapter_in_model
@@ -61,9 +65,31 @@ def build_model(cfg: Config) -> QwenImageTransformer:
             p.requires_grad_("lora_" in name)
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError(f"lora.targets: {cfg.lora.targets} match no layer of the model")
+        adapters_off_fp8(model, dtype)
+    elif any(isinstance(m, FP8Linear) for m in model.modules()):
+        raise ConfigError(f"model.path: {cfg.model.path} holds fp8 weights, which cannot be trained in full; "
+                          "train a LoRA (train.mode = 'lora') or use a bf16 checkpoint")
     else:
         model.requires_grad_(True)
     return model.train()
+
+
+def base_weight_dtype(plan, dtype):
+    """load_transformer's weight_dtype: fp8 quantises a float base on load (an fp8 file stays as stored); a plan
+    without fp8 de-quantises an fp8 file; no plan loads the file as it is."""
+    if plan is None:
+        return None
+    return torch.float8_e4m3fn if plan.fp8 else dtype
+
+
+def adapters_off_fp8(model, dtype) -> None:
+    """peft gives an adapter its base layer's dtype, which on an fp8 base is fp8: such adapters move to the model
+    dtype and are initialised again there (A random, B zero), so they train in full precision."""
+    for m in model.modules():
+        if isinstance(getattr(m, "base_layer", None), FP8Linear) and "default" in getattr(m, "lora_A", {}):
+            m.lora_A.to(dtype)
+            m.lora_B.to(dtype)
+            m.reset_lora_parameters("default", True)
 
 
 def trainable(model) -> dict[str, torch.nn.Parameter]:
@@ -197,12 +223,18 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(**{"find_unused_parameters": True,
                                                                **cfg.train.distributed})])
         torch.manual_seed(cfg.train.seed)
-        self.model = build_model(cfg)
+        self.plan = plan_for_config(cfg)  # refuses a budget nothing fits, before anything loads
+        if self.plan is not None and self.acc.is_main_process:
+            print(self.plan.describe(), flush=True)
+        self.model = build_model(cfg, self.plan)
+        self.swap = self.block_swap()
         self.params = trainable(self.model)
         self.optimizer = make_optimizer(list(self.params.values()), cfg)
-        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer,  # BlockSwap placed the model
+                                                      device_placement=[False, None] if self.swap else None)
         self.objective = build_objective(cfg, self.acc)
-        self.encoders = Encoders(cfg, self.acc.device)
+        off = self.plan is not None and not self.plan.encoders_on_gpu
+        self.encoders = Encoders(cfg, torch.device("cpu") if off else self.acc.device)
         self.ema = ({n: p.detach().float().clone() for n, p in self.params.items()}
                     if cfg.train.ema_decay > 0 else None)
         self.step, self.stage_index, self.stage_step, self.sampler_state = 0, 0, 0, None
@@ -212,6 +244,16 @@ class Trainer:
         self.loss_guard = LossGuard(cfg.train.max_nonfinite_steps)
         self.ckpt_dir = os.path.join(cfg.output.dir, "checkpoints")
         self._heldout = None
+
+    def block_swap(self):
+        """The plan's swapped blocks stream from (pinned) CPU memory through forward and backward (core BlockSwap)."""
+        if self.plan is None or not self.plan.blocks_to_swap:
+            return None
+        if self.acc.num_processes > 1:
+            raise ConfigError("train.blocks_to_swap / vram_budget_gb: block swap runs in single-process training "
+                              f"only ({self.acc.num_processes} processes); give each GPU a budget that needs no swap")
+        n = len(self.model.transformer_blocks)
+        return BlockSwap(self.model, n - self.plan.blocks_to_swap, self.acc.device, train=True)
 
     @property
     def unwrapped(self):
