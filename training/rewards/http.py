@@ -52,7 +52,8 @@ def post_json(url: str, payload: dict, timeout: float, headers: dict | None = No
 
 @register("http")
 def http_reward(url: str, timeout: float = 300.0, headers: dict | None = None):
-    """POST the batch to `url`; `timeout` in seconds for the whole answer; `headers` e.g. an Authorization."""
+    """POST the batch to `url`; `timeout`: seconds the server may stay silent (connecting, or before its answer);
+    `headers`: e.g. an Authorization header."""
     def fn(images, prompts, metadata):
         answer = post_json(url, {"prompts": list(prompts), "images": [encode_png(im) for im in images],
                                  "metadata": list(metadata)}, float(timeout), headers)
