@@ -36,6 +36,7 @@ def register_cli(sub) -> None:
     p.add_argument("config")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(fn=cmd_cache)
+    from .data.cli import register_cli as _data_cli; _data_cli(sub)  # qwenimage data synth (curate, annotate)
 
 
 def main(argv=None) -> int:
