@@ -81,7 +81,8 @@ def test_ocr_reward_english(ocr):
     assert values[4] == 0.0  # nothing written, nothing read
 
 
-@pytest.mark.skipif(not CJK_FONTS, reason="no CJK font on this machine (apt-get install fonts-noto-cjk)")
+@pytest.mark.skipif(not CJK_FONTS, reason="no CJK font on this machine (Debian: fonts-noto-cjk or "
+                    "fonts-wqy-microhei, which .ci/run installs)")
 def test_ocr_reward_chinese(ocr):
     name, fn = ocr
     font = ImageFont.truetype(CJK_FONTS[0], 40)
