@@ -47,6 +47,9 @@ def test_quoted_text_and_character_accuracy():
     assert char_accuracy("a much longer reading than the target", "OPEN") == 0.0   # clipped at 0
     assert char_accuracy("通义千问", "通义千间") == 0.75
     assert normalized_edit_distance("", "") == 0.0
+    assert char_accuracy("Hello world", "Hello, world!") < 1.0
+    assert char_accuracy("Hello world", "Hello, world!", ignore_punct=True) == 1.0
+    assert char_accuracy("欢迎光临", "欢迎光临！", ignore_punct=True) == 1.0
 
 
 # ----------------------------------------------------------------------------------------------------- OCR

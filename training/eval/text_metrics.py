@@ -18,12 +18,14 @@ def quoted_text(prompt: str) -> list[str]:
     return [next(g for g in m.groups() if g is not None) for m in _QUOTED.finditer(prompt)]
 
 
-def normalize(text: str, ignore_case: bool = True, ignore_space: bool = True) -> str:
+def normalize(text: str, ignore_case: bool = True, ignore_space: bool = True, ignore_punct: bool = False) -> str:
     text = unicodedata.normalize("NFKC", text)
     if ignore_case:
         text = text.lower()
     if ignore_space:
         text = "".join(text.split())
+    if ignore_punct:  # Unicode punctuation and symbols (P*, S*): OCR often misses or confuses small marks
+        text = "".join(c for c in text if not unicodedata.category(c).startswith(("P", "S")))
     return text
 
 
@@ -42,7 +44,8 @@ def normalized_edit_distance(pred: str, target: str) -> float:
     return min(edit_distance(pred, target), len(target)) / len(target)
 
 
-def char_accuracy(pred: str, target: str, ignore_case: bool = True, ignore_space: bool = True) -> float:
+def char_accuracy(pred: str, target: str, ignore_case: bool = True, ignore_space: bool = True,
+                  ignore_punct: bool = False) -> float:
     """1 - normalized_edit_distance of the normalized strings: 1.0 for a perfect read, 0.0 for nothing right."""
-    return 1.0 - normalized_edit_distance(normalize(pred, ignore_case, ignore_space),
-                                          normalize(target, ignore_case, ignore_space))
+    return 1.0 - normalized_edit_distance(normalize(pred, ignore_case, ignore_space, ignore_punct),
+                                          normalize(target, ignore_case, ignore_space, ignore_punct))

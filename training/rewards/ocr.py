@@ -49,14 +49,15 @@ def target_text(prompt: str, metadata) -> str:
 
 
 @register("ocr")
-def ocr_reward(ignore_case: bool = True, ignore_space: bool = True, threads: int = 2, det_side_len: int = 1024,
-               use_cls: bool = False):
+def ocr_reward(ignore_case: bool = True, ignore_space: bool = True, ignore_punct: bool = False, threads: int = 2,
+               det_side_len: int = 1024, use_cls: bool = False):
     """OCR reward: character accuracy of what is read against the prompt's quoted text, in [0, 1]."""
     engine = dict(threads=int(threads), det_side_len=int(det_side_len), use_cls=bool(use_cls))
     ocr_engine(**engine)  # fail at build time (missing package), not in the middle of a run
 
     def fn(images, prompts, metadata):
         targets = [target_text(p, m) for p, m in zip(prompts, metadata)]
-        return [char_accuracy(read_text(im, **engine), t, ignore_case, ignore_space) for im, t in zip(images, targets)]
+        return [char_accuracy(read_text(im, **engine), t, ignore_case, ignore_space, ignore_punct)
+                for im, t in zip(images, targets)]
 
     return fn
