@@ -31,7 +31,7 @@ from .config import Config, ConfigError, trains_lora
 from .data.dataset import load_samples
 from .guards import LossGuard, check_finite
 from .memory_plan import plan_for_config
-from .objectives import VAE_MODES, build_objective
+from .objectives import ONLINE_MODES, VAE_MODES, build_objective
 from .vae_run import build_vae, evaluate, export_vae, heldout, vae_stage_data, write_metrics
 
 log = logging.getLogger("qwenimage.training")
@@ -293,8 +293,9 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        ga, total = cfg.train.grad_accum, 0.0
+        ga, total = self.objective.micro_batches(cfg.train.grad_accum), 0.0
         self.objective.begin_step(self.step)
+        self.objective.collect(self.model, self.step)  # online RL: fresh rollouts when the last ones are spent
         for micro in range(ga):
             idx = next(it)
             base = acc.process_index * len(idx)  # the sample's place in the global batch: same noise on any layout
@@ -338,13 +339,16 @@ class Trainer:
         stages = cfg.stage_list()
         if cfg.train.mode in VAE_MODES and "before" not in self.metrics:
             self.measure("before")
+        if cfg.train.mode in ONLINE_MODES and cfg.validation.prompts and "reward" not in self.metrics:
+            self.validate()  # the held-out reward before training
         total_steps = sum(s.steps for s in stages)
         bar = tqdm(total=total_steps, initial=self.step, disable=not (acc.is_main_process and cfg.logging.progress),
                    desc="train", unit="step")
         done_here, t0 = 0, time.time()
         while self.stage_index < len(stages):
             stage = stages[self.stage_index]
-            dataset, sampler = stage_data(cfg, stage, self.encoders, acc)
+            dataset, sampler = (self.objective.data(cfg, stage, self.encoders, acc)  # online RL: its rollouts
+                                or stage_data(cfg, stage, self.encoders, acc))
             if self.sampler_state is not None:
                 sampler.load_state_dict(self.sampler_state)
                 self.sampler_state = None
@@ -450,6 +454,7 @@ class Trainer:
             model.eval()
             folder = os.path.join(cfg.output.dir, "validation", f"step-{self.step:08d}")
             os.makedirs(folder, exist_ok=True)
+            scored = []  # (prompt, image): RL scores them with its rewards
             with self.ema_weights():
                 pipe = QwenImage(model, vae, te, edit_template=None)
                 for i, prompt in enumerate(v.prompts):
@@ -459,10 +464,23 @@ class Trainer:
                         path = os.path.join(folder, f"{i:02d}-seed{seed}.png")
                         save_png(img, path, {"prompt": prompt, "seed": str(seed), "step": str(self.step)})
                         paths.append(path)
+                        scored.append((prompt, img))
                         self._log_image(f"validation/{i:02d}-seed{seed}", img)
             model.train()
+            if cfg.train.mode in ONLINE_MODES:
+                self.held_out_reward(scored)
         self.acc.wait_for_everyone()
         return paths
+
+    def held_out_reward(self, scored) -> float:
+        """RL: the mean reward of the validation images (held-out prompts), logged and kept by step in metrics."""
+        rewards = self.objective.score([img for _, img in scored], [prompt for prompt, _ in scored])
+        mean = sum(rewards) / len(rewards)
+        self.metrics.setdefault("reward", {})[str(self.step)] = mean
+        log.info("held-out reward at step %d: %.4f (%d images)", self.step, mean, len(rewards))
+        if self.cfg.logging.tensorboard:
+            self.acc.log({"validation/reward": mean}, step=self.step)
+        return mean
 
     def _log_image(self, tag, img) -> None:
         if not self.cfg.logging.tensorboard:

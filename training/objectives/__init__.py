@@ -7,6 +7,7 @@ from .flow_matching import FlowMatching, loss_weight, sample_sigmas
 
 OBJECTIVES = {"flow_matching": FlowMatching}
 VAE_MODES = ("vae", "vae_decoder")
+ONLINE_MODES = ("grpo", "nft")  # RL on the policy's own samples (rollout.py)
 
 
 def build_objective(cfg, accelerator=None) -> Objective:
@@ -17,9 +18,14 @@ def build_objective(cfg, accelerator=None) -> Objective:
         from .vae import VAEObjective
 
         return VAEObjective.from_config(cfg, accelerator)
+    if train is not None and train.mode in ONLINE_MODES:
+        from .grpo import GRPO
+        from .nft import NFT
+
+        return {"grpo": GRPO, "nft": NFT}[train.mode].from_config(cfg, accelerator)
     c = getattr(cfg, "objective", cfg)
     return OBJECTIVES[c.name].from_config(c)
 
 
-__all__ = ["Objective", "FlowMatching", "loss_weight", "sample_sigmas", "OBJECTIVES", "VAE_MODES",
+__all__ = ["Objective", "FlowMatching", "loss_weight", "sample_sigmas", "OBJECTIVES", "VAE_MODES", "ONLINE_MODES",
            "build_objective"]

@@ -21,6 +21,20 @@ class Objective:
     def end_step(self, applied: bool) -> None:
         """Called after the model's optimiser step (`applied` False: skipped for a non-finite loss)."""
 
+    # Online objectives (RL on the policy's own samples, objectives/rollout.py) make their data; the rest use the
+    # engine's cached dataset and these defaults.
+    def data(self, cfg, stage, encoders, accelerator):
+        """(dataset, sampler) for a stage when the objective makes its own data; None: the engine's data."""
+        return None
+
+    def micro_batches(self, grad_accum: int) -> int:
+        """Micro-batches per optimiser step (RL also accumulates over each sample's trained timesteps)."""
+        return grad_accum
+
+    def collect(self, model, step: int) -> None:
+        """Called before optimiser step `step` with the policy: online objectives sample and score fresh rollouts
+        when the last ones are spent."""
+
     def state_dict(self) -> dict:
         """{"weights": {name: tensor}, "optimizer": state} of what the objective trains itself; {} for none."""
         return {}
