@@ -35,6 +35,10 @@ def parse_score(answer: str, max_score: float, min_score: float = 1.0) -> float 
 
 
 class VLMJudge:
+    """One judged answer per image (greedy, then sampled retries). `question` is a str.format template: {prompt}
+    and {max_score} are filled in, other braces must be doubled. min/max_pixels bound the image's size for the
+    vision tower (Qwen2.5-VL's 28 px units); fewer pixels, faster and blurrier judging."""
+
     def __init__(self, model: str = "Qwen/Qwen2.5-VL-7B-Instruct", question: str = DEFAULT_QUESTION,
                  max_score: int = 5, min_score: int = 1, retries: int = 2, max_new_tokens: int = 16,
                  min_pixels: int = 256 * 28 * 28, max_pixels: int = 768 * 28 * 28, device: str = "cpu",
