@@ -187,6 +187,19 @@ def test_a_bad_template_is_named(tmp_path):
         templates.load(str(bad))
 
 
+def test_compositional_uses_the_given_backgrounds(tmp_path, en_font):
+    photo = Image.new("RGB", (300, 200), (200, 40, 160))            # a magenta "photo" no procedural scene has
+    os.makedirs(tmp_path / "bg" / "sub")
+    photo.save(tmp_path / "bg" / "sub" / "room.jpg", quality=95)
+    files = compositional.background_files(str(tmp_path / "bg"))
+    r = compositional.render(random.Random(0), Corpus.load(), [en_font], "en", (256, 256), Counter(), backgrounds=files)
+    assert r.facts["scene"] == "photo" and r.facts["medium"] in compositional.MEDIA
+    px = np.asarray(r.image).reshape(-1, 3).astype(int)
+    magenta = (abs(px - [200, 40, 160]).max(1) < 40).mean()
+    assert 0.1 < magenta < 0.9                                         # the photo around, the medium on it
+    assert "photograph" in captions.caption(r, "en", random.Random(0))
+
+
 # ------------------------------------------------------------------------------------------------ captions
 
 def test_captions_quote_the_text_in_english_and_chinese(faces, en_font):
@@ -248,8 +261,6 @@ def test_ocr_reads_clean_pure_renders_back(faces, en_font, zh_font):
 
 
 def test_output_trains_and_the_command_writes_a_contact_sheet(tmp_path, faces, tokenizer, capsys):
-    from _models import write_tiny_models
-
     toml = tmp_path / "synth.toml"
     toml.write_text(f'output = "{tmp_path / "data"}"\nseed = 1\nsizes = [[128, 128]]\nmin_font_size = 10\n'
                     f'languages = {json.dumps(_zh_or_en(faces)).replace(":", " =")}\n'
@@ -264,7 +275,7 @@ def test_output_trains_and_the_command_writes_a_contact_sheet(tmp_path, faces, t
 
     samples = load_samples(tmp_path / "data" / "manifest.jsonl", on_error="error")
     assert len(samples) == 8 and {s.category.split("/")[1] for s in samples} == {"pure", "compositional", "template"}
-    models = write_tiny_models(tmp_path / "models", len(tokenizer))
+    models = _tiny_te_and_vae(tmp_path / "models", len(tokenizer))
     train = tmp_path / "train.toml"
     train.write_text(f"""[model]
 preset = "tiny"
@@ -288,3 +299,23 @@ progress = false
 """)
     assert main(["train", str(train)]) == 0
     assert os.path.isfile(tmp_path / "run" / "qwen_image_trained_comfyui.safetensors")
+
+
+def _tiny_te_and_vae(root, vocab_size) -> dict:
+    """A random tiny text encoder (with the tokenizer beside it) and VAE: all that pretraining reads."""
+    import shutil
+
+    import torch
+    import transformers
+    from _tiny import TOKENIZER_DIR, tiny_te_config
+
+    from qwenimage.qwenimage_core import QwenImageVAE, VAEConfig, save_vae
+    from qwenimage.qwenimage_core.text_encoder import save_text_encoder_file
+
+    torch.manual_seed(0)
+    os.makedirs(root / "te")
+    save_text_encoder_file(transformers.Qwen2_5_VLForConditionalGeneration(tiny_te_config(vocab_size)).eval(),
+                           str(root / "te" / "te.safetensors"))
+    shutil.copytree(TOKENIZER_DIR, root / "te" / "qwen25_tokenizer")
+    save_vae(QwenImageVAE(VAEConfig.tiny()), root / "vae")
+    return {"text_encoder": str(root / "te" / "te.safetensors"), "vae": str(root / "vae")}
