@@ -25,6 +25,10 @@ try:  # ComfyUI's own modules exist only inside ComfyUI
 except ImportError:
     _mm = _cutils = _fp = None
     IN_COMFYUI = False
+try:  # ComfyUI's preview settings: --preview-method (or the prompt's own, which ComfyUI sets there for the run)
+    from comfy.cli_args import LatentPreviewMethod as _PreviewMethod, args as _comfy_args
+except ImportError:
+    _PreviewMethod = _comfy_args = None
 
 MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "loras", "diffusers")
 WEIGHT_EXTS = (".safetensors", ".sft")
@@ -165,12 +169,17 @@ class Progress:
 
     @property
     def wants_preview(self) -> bool:
-        """Whether a preview passed to update() goes anywhere (ComfyUI decides itself which it shows)."""
-        return self._bar is not None or (_progress_hook is not None and _previews)
+        """Whether a preview passed to update() goes anywhere. ComfyUI's progress hook sends whatever it is
+        given, so inside ComfyUI we follow the rule its own samplers follow: previews unless the method is none."""
+        if self._bar is not None:
+            return _comfy_args is None or _comfy_args.preview_method != _PreviewMethod.NoPreviews
+        return _progress_hook is not None and _previews
 
     def update(self, value: int, preview=None) -> None:
         if self._bar is not None:
-            self._bar.update_absolute(value, self.total, None if preview is None else ("JPEG", preview, 512))
+            size = getattr(_comfy_args, "preview_size", 512)
+            preview = ("JPEG", preview, size) if preview is not None and self.wants_preview else None
+            self._bar.update_absolute(value, self.total, preview)
         elif _progress_hook is not None:
             _progress_hook(value, self.total, preview)
 
