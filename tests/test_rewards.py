@@ -1,5 +1,5 @@
 """The built-in scorers: OCR text accuracy (English and Chinese, on rendered text), JPEG (in)compressibility, CLIP
-score and PickScore on tiny random CLIPs, the Qwen2.5-VL judge on a tiny random Qwen2.5-VL, the HTTP reward
+score and PickScore on a tiny random CLIP, the Qwen2.5-VL judge on a tiny random Qwen2.5-VL, the HTTP reward
 against scripts/reward_server.py, and the errors each gives."""
 import glob
 import http.server
@@ -197,15 +197,20 @@ def test_parse_score():
 
 @pytest.fixture(scope="module")
 def tiny_qwen25vl(tmp_path_factory):
-    """A tiny random Qwen2.5-VL with the real Qwen2.5 tokenizer (the package ships it), saved as a hub folder."""
-    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    """A tiny random Qwen2.5-VL with a small word-level tokenizer holding Qwen's chat and vision tokens, saved as a
+    hub folder is (the real 151k-token tokenizer would make loading it most of the test's time)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from qwenimage.qwenimage_core.text_encoder import bundled_tokenizer_dir
-
-    d = tmp_path_factory.mktemp("qwen25vl")
-    tok = AutoTokenizer.from_pretrained(bundled_tokenizer_dir())
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                                     "<|vision_end|>")}
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+               "<|video_pad|>"]
+    words = ["[UNK]", "Score", ":", "1", "2", "3", "4", "5", "a", "the", "image", "prompt", "system", "user",
+             "assistant", "You", "are", "helpful"]
+    tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", additional_special_tokens=special)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in special}
     cfg = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
@@ -217,6 +222,7 @@ def tiny_qwen25vl(tmp_path_factory):
         tie_word_embeddings=False)
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    d = tmp_path_factory.mktemp("qwen25vl")
     model.save_pretrained(d / "random")
     tok.save_pretrained(d / "random")
     # Rigged: the last norm keeps one channel, the head maps its sign to "4" or "5": a well-formed first token.
