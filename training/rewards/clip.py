@@ -14,6 +14,10 @@ class ModelMissing(ValueError):
     """A scorer's model cannot be found or loaded; names the model and how to get it (a config error)."""
 
 
+def _why(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+
 def load_pretrained(cls, name: str, what: str, offline: bool, **kwargs):
     """`cls.from_pretrained(name)` from a folder or the cache; else the hub unless `offline`; else ModelMissing."""
     path = os.path.expanduser(name)
@@ -21,19 +25,19 @@ def load_pretrained(cls, name: str, what: str, offline: bool, **kwargs):
     if local and not os.path.isdir(path):
         raise ModelMissing(f"{what} {name!r}: no such folder")
     path = path if local else name
+    fetch = f"`huggingface-cli download {name}`"
     try:
         return cls.from_pretrained(path, local_files_only=True, **kwargs)
     except Exception as e:
         if local or offline:
-            raise ModelMissing(f"{what} {name!r} cannot be loaded from {'that folder' if local else 'the local cache'}:"
-                               f" {type(e).__name__}: {' '.join(str(e).split())[:300]}. Give a folder holding it, or fetch it once with "
-                               f"`huggingface-cli download {name}`") from None
+            where = "that folder" if local else "the local cache"
+            raise ModelMissing(f"{what} {name!r} cannot be loaded from {where} ({_why(e)}). Give a folder holding "
+                               f"it, or fetch it once with {fetch}") from None
     try:
         return cls.from_pretrained(path, **kwargs)
     except Exception as e:
-        raise ModelMissing(f"{what} {name!r} is not in the local cache and cannot be downloaded ({type(e).__name__}: "
-                           f"{' '.join(str(e).split())[:300]}). Fetch it with `huggingface-cli download {name}` where there is network, "
-                           "or give a local folder") from None
+        raise ModelMissing(f"{what} {name!r} is not in the local cache and cannot be downloaded ({_why(e)}). Fetch "
+                           f"it with {fetch} where there is network, or give a local folder") from None
 
 
 def torch_dtype(name: str):

@@ -91,7 +91,7 @@ class VLMJudge:
         return {k: v.to(self.device) for k, v in inputs.items()}
 
     def answer(self, inputs: dict, attempt: int) -> str:
-        """Greedy first; each retry samples from seed `attempt`, inside a forked RNG (training's stream untouched)."""
+        """Greedy first; each retry samples from seed `attempt` in a forked RNG (training's stream untouched)."""
         import torch
 
         devices = [torch.device(self.device).index or 0] if torch.device(self.device).type == "cuda" else []
