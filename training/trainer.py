@@ -29,6 +29,7 @@ from .data.cache import CachedDataset, CacheSettings, build_cache, collate, miss
 from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
 from .config import Config, ConfigError, trains_lora
 from .data.dataset import load_samples
+from .data.preferences import PairDataset, as_pairs, load_pairs, pair_samples
 from .guards import LossGuard, check_finite
 from .memory_plan import plan_for_config
 from .objectives import ONLINE_MODES, VAE_MODES, build_objective
@@ -136,11 +137,15 @@ class Encoders:
 def stage_cache(cfg: Config, stage):
     """(samples, cache settings, cache folder) of a stage. The encoders are identified by their files' stamps,
     so checking a complete cache never loads them."""
-    samples = load_samples(stage.data or cfg.data.path, kind=cfg.data.kind, on_error=cfg.data.on_error,
-                           min_size=cfg.data.min_size)
     settings = CacheSettings(area=stage.area or cfg.data.area, template=cfg.data.template,
                              max_text_tokens=cfg.data.max_text_tokens or None, ref_area=cfg.data.ref_area,
                              model_id=_stamp(cfg.model.vae) + "|" + _stamp(cfg.model.text_encoder))
+    if cfg.train.mode == "dpo":  # preference pairs: their chosen and rejected images cached as samples, in turn
+        samples = pair_samples(load_pairs(stage.data or cfg.data.path, on_error=cfg.data.on_error,
+                                          min_size=cfg.data.min_size, bucket=settings.bucket))
+    else:
+        samples = load_samples(stage.data or cfg.data.path, kind=cfg.data.kind, on_error=cfg.data.on_error,
+                               min_size=cfg.data.min_size)
     return samples, settings, cfg.data.cache_dir or os.path.join(cfg.output.dir, "cache")
 
 
@@ -155,10 +160,20 @@ def stage_data(cfg: Config, stage, encoders: Encoders, accelerator):
                     on_error=cfg.data.on_error)
     accelerator.wait_for_everyone()
     dataset = CachedDataset(samples, cache_dir, settings)
+    if cfg.train.mode == "dpo":
+        return pair_stage_data(cfg, dataset, samples, accelerator)
     samples = dataset.samples  # less any that could not be decoded when cached (on_error = "skip")
     cw = stage.category_weights or cfg.data.category_weights
     weights = category_weights(samples, cw or None) if cw or any(s.weight != 1 for s in samples) else None
     sampler = BucketBatchSampler(dataset.sizes, cfg.data.batch_size, weights=weights, seed=cfg.train.seed,
+                                 num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+    return dataset, sampler
+
+
+def pair_stage_data(cfg: Config, cached, samples, accelerator):
+    """DPO: the cached (chosen, rejected) samples as pairs, batched by the pair's bucket."""
+    dataset = PairDataset(cached, as_pairs(samples))
+    sampler = BucketBatchSampler(dataset.sizes, cfg.data.batch_size, seed=cfg.train.seed,
                                  num_replicas=accelerator.num_processes, rank=accelerator.process_index)
     return dataset, sampler
 

@@ -18,6 +18,10 @@ def build_objective(cfg, accelerator=None) -> Objective:
         from .vae import VAEObjective
 
         return VAEObjective.from_config(cfg, accelerator)
+    if train is not None and train.mode == "dpo":
+        from .dpo import DPO
+
+        return DPO.from_config(cfg, accelerator)
     if train is not None and train.mode in ONLINE_MODES:
         from .grpo import GRPO
         from .nft import NFT

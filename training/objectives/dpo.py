@@ -1,0 +1,60 @@
+"""Flow-DPO, the report's preference objective for a flow-matching model:
+
+    L = -log sigmoid(-beta/2 * ((e_w - e_w_ref) - (e_l - e_l_ref))),   e = mean ||v(x_t) - (eps - x0)||^2
+
+per pair of a chosen (w) and a rejected (l) image of one prompt, both noised with the same eps at the same
+timestep, e_ref the reference model's error (training/objectives/reference.py). The argument of the sigmoid is
+the implicit reward margin: positive when the policy has improved on the chosen image more than on the rejected
+one, relative to the reference. Flow-GRPO's Flow-DPO script and Diffusion-DPO take this form (beta 100 there on
+velocity errors; Diffusion-DPO 5000 on noise errors)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Objective
+from .flow_matching import FlowMatching, velocity_error
+from .reference import Reference
+
+
+class DPO(Objective):
+    def __init__(self, flow: FlowMatching, reference: Reference, beta: float = 100.0):
+        self.flow, self.reference, self.beta = flow, reference, beta
+        self.step, self.refreshed_at = 0, -1
+
+    @classmethod
+    def from_config(cls, cfg, accelerator=None) -> "DPO":
+        device = accelerator.device if accelerator is not None else None
+        unwrap = accelerator.unwrap_model if accelerator is not None else (lambda m: m)
+        return cls(FlowMatching.from_config(cfg.objective), Reference(cfg, device, unwrap), cfg.dpo.beta)
+
+    def margins(self, model, batch, generators) -> torch.Tensor:
+        """The implicit reward margins [B] of the batch's pairs (the sigmoid's argument)."""
+        b = batch["latents"].shape[0]
+        eps, sigma = self.flow.noise(batch["latents"], generators)  # one draw per pair: shared by its two images
+        x0 = torch.cat([batch["latents"], batch["rejected"]])
+        two = lambda t: torch.cat([t, t])  # noqa: E731
+        args = (two(eps), two(sigma), two(batch["embeds"]), two(batch["mask"]),
+                [two(r) for r in batch.get("references") or []])
+        with torch.no_grad(), self.reference.model(model) as ref:  # first: a LoRA swap writes the adapters
+            e_ref = velocity_error(ref, x0, *args)
+        e = velocity_error(model, x0, *args)  # one forward for both halves (one DDP pass)
+        return -self.beta / 2 * ((e[:b] - e_ref[:b]) - (e[b:] - e_ref[b:]))
+
+    def loss(self, model, batch, generators):
+        if self.reference.due(self.step) and self.refreshed_at != self.step:  # online: before this step's passes
+            self.reference.refresh(model)
+            self.refreshed_at = self.step
+        margin = self.margins(model, batch, generators)
+        return -F.logsigmoid(margin), {"dpo/accuracy": (margin > 0).float().mean().item(),
+                                       "dpo/margin": margin.mean().item()}
+
+    def begin_step(self, step: int) -> None:
+        self.step = step
+
+    def state_dict(self) -> dict:
+        weights = self.reference.state_dict()
+        return {"weights": weights, "optimizer": None} if weights else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reference.load_state_dict(state["weights"])
