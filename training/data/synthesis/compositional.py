@@ -59,7 +59,7 @@ def procedural_scene(size, rng: np.random.Generator, prng: random.Random) -> tup
     floor = int(h * prng.uniform(0.65, 0.9))
     img[floor:] *= 0.6
     img += (noise(rng, size, 4)[..., None] - 0.5) * 50 + rng.normal(0, 3, (h, w, 1))
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1)), wall
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), wall
 
 
 def user_background(path: str, size) -> Image.Image:
@@ -160,7 +160,8 @@ def render(rng: random.Random, corpus, fonts: list, lang: str, size, stats: Coun
     off = (int(W * rng.uniform(0.005, 0.02)), int(H * rng.uniform(0.01, 0.03)))
     shadow = Image.new("L", (W, H), 0)
     shadow.paste(alpha, off)
-    shadow = shadow.filter(ImageFilter.GaussianBlur(max(2, W // 100)))
+    small = shadow.resize((W // 4, H // 4), Image.BILINEAR)          # blurred at a quarter size: 16x cheaper
+    shadow = small.filter(ImageFilter.GaussianBlur(max(1, W // 400))).resize((W, H), Image.BILINEAR)
     dark = np.asarray(scene, np.float32) * (1 - 0.55 * np.asarray(shadow, np.float32)[..., None] / 255)
     scene = Image.fromarray(dark.clip(0, 255).astype(np.uint8))
     scene.paste(warped, (0, 0), alpha)

@@ -67,7 +67,8 @@ class Font:
 
 @functools.lru_cache(maxsize=256)
 def _pil_font(path: str, index: int, size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(path, size, index=index)
+    # Basic layout (FreeType with kerning): Latin and Chinese need no shaping, and measuring is ~5x faster than raqm
+    return ImageFont.truetype(path, size, index=index, layout_engine=ImageFont.Layout.BASIC)
 
 
 def font_files(dirs=(), files=()) -> list[str]:

@@ -6,6 +6,7 @@ Every line's box is computed from the glyphs' ink, so a caller can check that no
 lines overlap."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -57,23 +58,28 @@ def units(text: str) -> list[str]:
 
 
 def break_lines(text: str, font, width: float) -> list[str]:
-    """Greedy line breaking of `text` (explicit newlines kept) so that each line's ink fits `width` pixels."""
+    """Greedy line breaking of `text` (explicit newlines kept) so that each line's advance fits `width` pixels.
+    A line's width is the sum of its units' (each measured once: no kerning across a break opportunity, which
+    ends in a space or sits between CJK characters); place() then checks every line's real ink."""
+    measure = functools.lru_cache(maxsize=None)(font.getlength)
     lines: list[str] = []
     for para in text.split("\n"):
-        cur = ""
+        cur, cur_w = "", 0.0
         for u in units(para):
-            if cur and ink_width(font, (cur + u).rstrip()) > width:
+            if cur and cur_w + measure(u.rstrip()) > width:
                 lines.append(cur.rstrip())
-                cur = u.lstrip()
-            else:
-                cur += u
-            # a unit wider than the whole line (a long word, a URL) is cut between characters
-            while ink_width(font, cur.rstrip()) > width and len(cur.rstrip()) > 1:
-                k = len(cur.rstrip()) - 1
-                while k > 1 and ink_width(font, cur[:k]) > width:
-                    k -= 1
-                lines.append(cur[:k])
-                cur = cur[k:]
+                cur, cur_w = "", 0.0
+                u = u.lstrip()
+            if not cur and measure(u.rstrip()) > width:   # wider than a whole line: cut between characters
+                for ch in u:
+                    if cur and measure(cur + ch) > width:
+                        lines.append(cur)
+                        cur = ""
+                    cur += ch
+                cur_w = measure(cur)
+                continue
+            cur += u
+            cur_w += measure(u)
         lines.append(cur.rstrip())
     return [ln for ln in lines if ln] or [""]
 
