@@ -328,6 +328,9 @@ def validate(cfg: Config) -> Config:
         _validate_vae(cfg)
     if cfg.train.mode in ("grpo", "nft"):
         _validate_rl(cfg)
+    if cfg.train.mode in RL_MODES and trains_lora(cfg) and (cfg.reference.device or cfg.reference.fp8):
+        raise ConfigError("reference.device / reference.fp8: options of the frozen copy train.weights = 'full' "
+                          "keeps; with LoRA the reference is the base itself (adapters off)")
     if not cfg.data.path and not all(s.data for s in cfg.stages or [StageConfig()]):
         raise ConfigError("data.path: required (or a data path in every stage)")
     t = cfg.train
