@@ -24,13 +24,14 @@ def main():
     ap.add_argument("--n", type=int, default=24, help="images per kind")
     ap.add_argument("--size", type=int, default=512, help="pure and compositional canvas side (templates keep theirs)")
     ap.add_argument("--ocr", type=int, default=0, help="OCR this many images per kind and language")
+    ap.add_argument("--kinds", nargs="+", default=list(gen.KINDS), choices=gen.KINDS)
     a = ap.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(f"# {command()}\n# {machine()}; load average {os.getloadavg()[0]:.1f}")
     out = tempfile.mkdtemp(prefix="bench_synth_")
     results = {}
-    for kind in gen.KINDS:
+    for kind in a.kinds:
         cfg = gen.load_config({"output": os.path.join(out, kind), "sizes": [[a.size, a.size]], "seed": 0,
                                "count": {kind: a.n}})
         t = time.perf_counter()

@@ -38,7 +38,7 @@ def texture(medium: str, base, size, rng: np.random.Generator) -> Image.Image:
     """The medium's surface: grain and blotches on paper and card, rings on wood, smudges on a chalkboard."""
     w, h = size
     img = np.ones((h, w, 3), np.float32) * np.array(base, np.float32)
-    grain = rng.normal(0, 1, (h, w, 1)).astype(np.float32)
+    grain = rng.standard_normal((h, w, 1), dtype=np.float32)
     if medium == "wood":
         warp = noise(rng, size, 6)[..., None]
         y = np.arange(h, dtype=np.float32)[:, None, None] / h
@@ -58,7 +58,7 @@ def procedural_scene(size, rng: np.random.Generator, prng: random.Random) -> tup
     img = np.ones((h, w, 3), np.float32) * np.array(colors.rgb(wall), np.float32)
     floor = int(h * prng.uniform(0.65, 0.9))
     img[floor:] *= 0.6
-    img += (noise(rng, size, 4)[..., None] - 0.5) * 50 + rng.normal(0, 3, (h, w, 1))
+    img += (noise(rng, size, 4)[..., None] - 0.5) * 50 + 3 * rng.standard_normal((h, w, 1), dtype=np.float32)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), wall
 
 
@@ -148,8 +148,9 @@ def render(rng: random.Random, corpus, fonts: list, lang: str, size, stats: Coun
            (x0 + j(mw), y0 + mh + j(mh))]
     dst = [(min(max(x, 0), W - 1), min(max(y, 0), H - 1)) for x, y in dst]
     coeffs = perspective_coeffs(src, dst)
+    surface.putalpha(255)              # warped once with its coverage: the medium's edge is antialiased
     warped = surface.transform((W, H), Image.PERSPECTIVE, coeffs, Image.BICUBIC)
-    alpha = Image.new("L", (mw, mh), 255).transform((W, H), Image.PERSPECTIVE, coeffs, Image.BILINEAR)
+    alpha = warped.getchannel("A")
 
     if backgrounds:
         scene, scene_name = user_background(rng.choice(list(backgrounds)), size), "photo"
@@ -164,7 +165,7 @@ def render(rng: random.Random, corpus, fonts: list, lang: str, size, stats: Coun
     shadow = small.filter(ImageFilter.GaussianBlur(max(1, W // 400))).resize((W, H), Image.BILINEAR)
     dark = np.asarray(scene, np.float32) * (1 - 0.55 * np.asarray(shadow, np.float32)[..., None] / 255)
     scene = Image.fromarray(dark.clip(0, 255).astype(np.uint8))
-    scene.paste(warped, (0, 0), alpha)
+    scene.paste(warped.convert("RGB"), (0, 0), alpha)
     return Rendered(scene, "compositional", lang, [join(sentences, lang)], [block],
                     {"medium": medium, "medium_en": en_word, "medium_zh": zh_word, "surface": colors.nearest(mean),
                      "color": ink, "scene": scene_name, "font": font.name, "look": font.look,
