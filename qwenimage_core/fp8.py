@@ -123,3 +123,19 @@ def swap_to_fp8(model: nn.Module, names, weight_dtype=torch.float8_e4m3fn, compu
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"{name} is a {type(linear).__name__}, not a Linear layer")
         setattr(parent, leaf, FP8Linear.like(linear, weight_dtype, compute_dtype))
+
+
+def quantize_linears(model: nn.Module, names, weight_dtype=torch.float8_e4m3fn, compute_dtype=None) -> None:
+    """Quantise the named float nn.Linear layers of a built model in place, as loading with weight_dtype does
+    (per-tensor absmax scale); the bias stays in the compute dtype (default: the layer's dtype)."""
+    for name in names:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        linear = getattr(parent, leaf)
+        layer = FP8Linear.like(linear, weight_dtype, compute_dtype or linear.weight.dtype)
+        weight, scale = quantize(linear.weight.data, weight_dtype)
+        layer.weight.data, layer.weight_scale = weight, scale.to(weight.device)
+        if linear.bias is not None:
+            layer.bias.data = linear.bias.data.to(layer.compute_dtype)
+        setattr(parent, leaf, layer)
+
