@@ -202,10 +202,10 @@ def test_dpo_moves_samples_towards_the_winners_and_the_lora_loads(world, tmp_pat
 
 
 def test_online_reference_and_exact_resume(world, tmp_path):
-    """LoRA, full fine-tuning, full with an fp8 copy; the reference refreshed every 2 steps: right after a refresh
-    policy = reference (loss log 2; the fp8 copy only nearly); a run stopped at step 3 and resumed equals the
-    uninterrupted one (the refreshed reference travels in the checkpoint)."""
-    for weights, ref in (("lora", {}), ("full", {}), ("full", {"fp8": True})):
+    """LoRA, full fine-tuning, full with an fp8 copy streamed from the CPU; the reference refreshed every 2 steps:
+    right after a refresh policy = reference (loss log 2; the fp8 copy only nearly); a run stopped at step 3 and
+    resumed equals the uninterrupted one (the refreshed reference travels in the checkpoint)."""
+    for weights, ref in (("lora", {}), ("full", {}), ("full", {"fp8": True, "device": "cpu"})):
         kw = dict(train={"mode": "dpo", "steps": 6, "grad_accum": 2, "weights": weights},
                   reference={"refresh_every": 2, **ref}, output={"save_every": 3}, data={"batch_size": 2})
         straight = Trainer(config(world, tmp_path / f"{weights}{len(ref)}-a", **kw))

@@ -20,7 +20,7 @@ from .reference import Reference
 class DPO(Objective):
     def __init__(self, flow: FlowMatching, reference: Reference, beta: float = 100.0):
         self.flow, self.reference, self.beta = flow, reference, beta
-        self.step, self.refreshed_at = 0, -1
+        self.step, self.refreshed_at, self.seen = 0, -1, []
 
     @classmethod
     def from_config(cls, cfg, accelerator=None) -> "DPO":
@@ -46,11 +46,13 @@ class DPO(Objective):
             self.reference.refresh(model)
             self.refreshed_at = self.step
         margin = self.margins(model, batch, generators)
-        return -F.logsigmoid(margin), {"dpo/accuracy": (margin > 0).float().mean().item(),
-                                       "dpo/margin": margin.mean().item()}
+        self.seen.append(margin.detach().float())
+        seen = torch.cat(self.seen)  # logged over the step's micro-batches so far (the engine logs the last)
+        return -F.logsigmoid(margin), {"dpo/accuracy": (seen > 0).float().mean().item(),
+                                       "dpo/margin": seen.mean().item()}
 
     def begin_step(self, step: int) -> None:
-        self.step = step
+        self.step, self.seen = step, []
 
     def state_dict(self) -> dict:
         weights = self.reference.state_dict()

@@ -43,7 +43,7 @@ class Reference:
         self.lora, self.every, self.unwrap = trains_lora(cfg), r.refresh_every, unwrap
         self.snapshot: dict | None = None   # LoRA online: the adapters' weights at the last refresh
         self.refreshed = False              # full online: the copy holds a refreshed policy
-        self.copy, self.swap = None, None
+        self.copy, self.swap, self.device = None, None, device
         if not self.lora:
             from ...qwenimage_core.checkpoint import load_transformer
 
@@ -52,9 +52,24 @@ class Reference:
                                          dtype=DTYPES[cfg.model.dtype],
                                          weight_dtype=torch.float8_e4m3fn if r.fp8 else None)
             if on_cpu:
-                from ...qwenimage_core.offload import BlockSwap
+                self._stream()
 
-                self.swap = BlockSwap(self.copy, resident=0, device=device or "cpu")
+    def _stream(self) -> None:
+        from ...qwenimage_core.offload import BlockSwap
+
+        self.swap = BlockSwap(self.copy, resident=0, device=self.device or "cpu")
+
+    @contextlib.contextmanager
+    def _writable(self):
+        """The copy's own tensors to write into: streaming stopped (a prefetched block's slot holds a device copy
+        that a release would drop), started again after."""
+        if self.swap is not None:
+            self.swap.remove()
+        try:
+            yield self.copy
+        finally:
+            if self.swap is not None:
+                self._stream()
 
     # -- the reference forward ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -94,18 +109,22 @@ class Reference:
             self.snapshot = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
             return
         source = dict(policy.named_parameters()) | dict(policy.named_buffers())
+        with self._writable():
+            self._copy_from(source)
+        self.refreshed = True
+
+    def _copy_from(self, source: dict) -> None:
         for name, module in self.copy.named_modules():
             for leaf, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
                 full = f"{name}.{leaf}" if name else leaf
                 if full not in source:
                     continue
-                if isinstance(module, FP8Linear) and leaf == "weight":
-                    w, module.weight_scale = quantize(source[full].detach(), t.dtype)
+                if isinstance(module, FP8Linear) and leaf == "weight":  # in place: BlockSwap holds these tensors
+                    w, scale = quantize(source[full].detach(), t.dtype)
                     t.copy_(w)
-                    module.weight_scale = module.weight_scale.to(t.device)
+                    module.weight_scale.copy_(scale)
                 else:
                     t.copy_(source[full].detach().to(t.dtype))
-        self.refreshed = True
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -126,12 +145,14 @@ class Reference:
         if lora:
             self.snapshot = {n: t.clone() for n, t in lora.items()}
         if copy:
-            mods = dict(self.copy.named_modules())
-            for k, v in copy.items():
-                if k.endswith(".weight_scale"):
-                    mod = mods[k[: -len(".weight_scale")]]
-                    mod.weight_scale = v.reshape(()).to(mod.weight_scale.device)
-            state = self.copy.state_dict()
-            for k, t in state.items():
-                t.copy_(copy[k])
+            with self._writable():
+                self._load_copy(copy)
             self.refreshed = True
+
+    def _load_copy(self, copy: dict) -> None:
+        mods = dict(self.copy.named_modules())
+        for k, v in copy.items():
+            if k.endswith(".weight_scale"):  # not in state_dict (a non-persistent buffer)
+                mods[k[: -len(".weight_scale")]].weight_scale.copy_(v.reshape(()))
+        for k, t in self.copy.state_dict(keep_vars=True).items():
+            t.copy_(copy[k])
