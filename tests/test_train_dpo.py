@@ -275,6 +275,24 @@ def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
     assert worst < 1e-5, worst
 
 
+def test_edit_pairs_with_references_train(world, tmp_path):
+    """Pairs for an edit model: the reference image goes with both the chosen and the rejected image."""
+    folder = tmp_path / "edit"
+    write_pairs(folder, 3, seed=5)
+    rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
+    with open(folder / "pairs.jsonl", "w", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps({**r, "prompt": "make it light", "references": [r["rejected"]]}) + "\n"
+                         for r in rows))
+    cfg = config(world, tmp_path / "out", data={"path": str(folder / "pairs.jsonl"), "template": "edit_plus",
+                                                "batch_size": 1, "ref_area": 64 * 64,
+                                                "cache_dir": str(tmp_path / "cache")},
+                 train={"mode": "dpo", "steps": 3})
+    t = Trainer(cfg)
+    result = t.run()
+    assert result["losses"][0] == pytest.approx(math.log(2), abs=1e-6) and result["losses"][-1] < math.log(2)
+    assert len(t.objective.seen) == 1 and len(result["outputs"]) == 1  # one pair per step; the LoRA file
+
+
 def test_bad_rows_stop_before_anything_is_written(world, tmp_path):
     bad = tmp_path / "bad"
     write_pairs(bad, 2, seed=4)
