@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from _models import write_tiny_models
+from _models import tiny_components
 
 from qwenimage.qwenimage_core.sde import gaussian_log_prob, sde_step, step_kl, step_mean, step_std
 from qwenimage.training import checkpointing
@@ -56,8 +56,18 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tokenizer):
+    from qwenimage.qwenimage_core import save_comfyui_transformer
+    from qwenimage.qwenimage_core.text_encoder import save_text_encoder_file
+    from qwenimage.qwenimage_core.vae import diffusers_to_comfy
+    from qwenimage.qwenimage_core.weights import save_file_atomic
+
     root = tmp_path_factory.mktemp("grpo")
-    paths = write_tiny_models(root / "models", len(tokenizer))
+    transformer, vae, te = tiny_components(len(tokenizer))  # the three files only (the tokenizer ships)
+    paths = {"diffusion_model": str(root / "model.safetensors"), "text_encoder": str(root / "te.safetensors"),
+             "vae": str(root / "vae.safetensors")}
+    save_comfyui_transformer(transformer, paths["diffusion_model"], prefix="model.diffusion_model.")
+    save_text_encoder_file(te, paths["text_encoder"])
+    save_file_atomic({diffusers_to_comfy(k): v.contiguous() for k, v in vae.state_dict().items()}, paths["vae"])
     train = root / "prompts.txt"
     train.write_text("\n".join(f"a {c} square on a {d} background" for c in COLOURS[:4] for d in COLOURS[4:6]))
     return {"root": root, "models": paths, "prompts": str(train)}

@@ -38,6 +38,15 @@ def group_advantages(rewards: torch.Tensor, group_size: int, global_std: bool, c
     return ((r - r.mean(dim=1, keepdim=True)) / (std + 1e-4)).clamp(-clip, clip).float().reshape(-1)
 
 
+def encode_padded(te, texts, chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt states [N, L, D] and masks [N, L] on the CPU, encoded a chunk at a time, zero-padded to one length."""
+    parts = [te.encode(texts[i:i + chunk]) for i in range(0, len(texts), chunk)]
+    length = max(e.shape[1] for e, _ in parts)
+    embeds = torch.cat([torch.nn.functional.pad(e.cpu(), (0, 0, 0, length - e.shape[1])) for e, _ in parts])
+    mask = torch.cat([torch.nn.functional.pad(m.cpu(), (0, length - m.shape[1])) for _, m in parts])
+    return embeds, mask
+
+
 class Recorder:
     """The sampler's step hook: the stochastic step at `sde_steps` (the Euler step elsewhere), keeping at each the
     latents it started from, the latents it drew and their log-probability."""
@@ -109,9 +118,9 @@ class OnlineObjective(Objective):
         vae, te = encoders.get()
         self.vae = vae
         with torch.no_grad():
-            embeds, mask = te.encode([r["prompt"] for r in rows])
+            embeds, mask = encode_padded(te, [r["prompt"] for r in rows])
             neg = te.encode([self.rl.negative_prompt]) if self.rl.cfg > 1 else (None, None)
-        self.prompts = {"rows": rows, "embeds": embeds.cpu(), "mask": mask.cpu(),
+        self.prompts = {"rows": rows, "embeds": embeds, "mask": mask,
                         "neg_embeds": None if neg[0] is None else neg[0].cpu(),
                         "neg_mask": None if neg[1] is None else neg[1].cpu()}
         return self, RolloutSampler(self)
