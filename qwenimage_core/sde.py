@@ -13,8 +13,9 @@ marginals as the ODE; noise_level = 0 is the Euler step exactly.
         mean = (1 - sigma') x0 + sqrt(sigma'^2 - std^2) x1.
 
 Everything is float32 (Flow-GRPO: bf16 log-probs overflow). The log-probability is that of N(mean, std^2) at the
-step taken, averaged over the latent's elements (as Flow-GRPO does, so its clip ranges carry over); for "cps" this
-keeps the constants Flow-GRPO drops, which changes no ratio and no gradient direction."""
+step taken, averaged over the latent's elements (as Flow-GRPO does, so its "sde" clip ranges carry over). For
+"cps" Flow-GRPO scores -(x' - mean)^2 alone (no variance, no constants); we keep the true Gaussian, so the ratio
+is a likelihood ratio there too, but Flow-GRPO's CPS clip ranges do not carry over."""
 from __future__ import annotations
 
 import math
