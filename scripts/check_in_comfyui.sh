@@ -10,11 +10,13 @@
 # ComfyUI's API and checks the image and more (see there).
 #
 # COMFY_PYTHON  the Python that runs ComfyUI. Default: COMFYUI_DIR's venv/ or .venv/ when there; else a venv
-#               made in $COMFY_VENV (default: <scratch>/venv) with --system-site-packages and ComfyUI's
-#               requirements.txt installed (torch from the system site when its torchvision imports; else pip
-#               brings a matching pair)
-# PYTHON        the Python with this package installed (runs the client), default: .venv/bin/python or python3
-# WORK          the scratch folder (default: a new temporary one, removed at the end unless KEEP=1)
+#               made in $COMFY_VENV (default: ~/.cache/qwenimage/comfyui-venv, kept for the next run) with
+#               --system-site-packages and ComfyUI's requirements.txt installed (torch from the system site when
+#               its torchvision imports; else pip brings a matching pair)
+# PYTHON        the Python with this package and its test extra (runs the client), default: .venv/bin/python
+#               or python3
+# WORK          the scratch folder (default: a new temporary one, removed at the end unless KEEP=1); on a
+#               failure the end of ComfyUI's log is printed
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,14 +26,20 @@ COMFY="$(cd "$COMFY" && pwd)"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
 fi
-"$PYTHON" -c "import qwenimage, aiohttp" 2>/dev/null || { echo "$PYTHON lacks the qwenimage package: run scripts/setup.sh or set PYTHON" >&2; exit 2; }
+"$PYTHON" -c "import qwenimage, aiohttp, pytest" 2>/dev/null ||
+    { echo "$PYTHON lacks the qwenimage package with its test extra: run scripts/setup.sh test or set PYTHON" >&2; exit 2; }
 
-WORK="${WORK:-$(mktemp -d -t qwenimage-comfyui-XXXXXX)}"
+OWN_WORK=0
+if [ -z "${WORK:-}" ]; then WORK="$(mktemp -d -t qwenimage-comfyui-XXXXXX)"; OWN_WORK=1; fi
 mkdir -p "$WORK"
 SERVER_PID=""
 cleanup() {
+    local rc=$?
     if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-    if [ "${KEEP:-0}" != 1 ]; then rm -rf "$WORK/base"; fi
+    if [ "$rc" != 0 ] && [ -f "$WORK/comfyui.log" ]; then echo "== the end of ComfyUI's log:"; tail -40 "$WORK/comfyui.log"; fi
+    if [ "${KEEP:-0}" != 1 ]; then
+        if [ "$OWN_WORK" = 1 ]; then rm -rf "$WORK"; else rm -rf "$WORK/base"; fi
+    fi
 }
 trap cleanup EXIT
 
@@ -42,9 +50,10 @@ if [ -z "${COMFY_PYTHON:-}" ]; then
     done
 fi
 if [ -z "${COMFY_PYTHON:-}" ]; then
-    VENV="${COMFY_VENV:-$WORK/venv}"
+    VENV="${COMFY_VENV:-$HOME/.cache/qwenimage/comfyui-venv}"
     if [ ! -x "$VENV/bin/python" ]; then
         echo "== making $VENV for ComfyUI (its requirements.txt)"
+        mkdir -p "$(dirname "$VENV")"
         python3 -m venv --system-site-packages "$VENV"
         if python3 -c "import torch, torchvision" 2>/dev/null; then  # keep the system's working torch
             grep -vE '^(torch|torchvision|torchaudio)([<>=~ ].*)?$' "$COMFY/requirements.txt" > "$WORK/requirements.txt"
