@@ -13,6 +13,7 @@ Sample i draws everything from its own generator seeded by (seed, i): a sample d
 any worker count gives the same bytes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -95,6 +96,8 @@ def load_config(source, overrides=()) -> SynthConfig:
         node = raw
         for k in keys[:-1]:
             node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
         node[keys[-1]] = value
     check_finite(raw)
     return validate(_build(SynthConfig, raw, ""))
@@ -258,15 +261,9 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict:
     _write_jsonl(os.path.join(cfg.output, "manifest.jsonl"), rows)
     summary = {"images": n, "seconds": round(seconds, 2), "images_per_second": round(n / max(seconds, 1e-9), 3),
                "by_category": dict(sorted(Counter(r["category"] for r in rows).items())),
-               "dropped_or_refused": dict(sorted(stats.items())), "config": _asdict(cfg)}
+               "dropped_or_refused": dict(sorted(stats.items())), "config": dataclasses.asdict(cfg)}
     _write_json(os.path.join(cfg.output, "synth.json"), summary)
     return summary
-
-
-def _asdict(cfg):
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
 
 
 def _write_jsonl(path, rows):

@@ -114,6 +114,10 @@ def load(path: str) -> Template:
             raise TemplateError(w("name/box: every slot needs a name and a box"))
         if set(s) - slot_fields:
             raise TemplateError(w(f"unknown field(s) {', '.join(sorted(set(s) - slot_fields))}"))
+        for key, types in (("size", int), ("min_size", int), ("max_lines", int), ("spacing", (int, float)),
+                           ("bold", bool), ("name", str), ("placeholder", str), ("label", dict)):
+            if key in s and (not isinstance(s[key], types) or isinstance(s[key], bool) and types is not bool):
+                raise TemplateError(w(f"{key}: {s[key]!r} has the wrong type"))
         slot = Slot(**{**s, "box": tuple(_box(s["box"], size, w("box")))})
         names[slot.name] += 1
         if slot.fill not in FILLS:
