@@ -3,6 +3,7 @@ compositional, template) into shards the trainer reads; curation and annotation 
 from __future__ import annotations
 
 import os
+import sys
 
 
 def cmd_synth(a) -> int:
@@ -10,7 +11,11 @@ def cmd_synth(a) -> int:
     from .synthesis import review
 
     cfg = gen.load_config(a.config, a.set or ())
-    synth = gen.Synthesizer(cfg)
+    try:
+        synth = gen.Synthesizer(cfg)
+    except ImportError as e:  # the data extra not installed: one line naming it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if a.preview is not None:
         jobs = review.preview_jobs(synth, a.preview)
         print(f"contact sheet: {review.contact_sheet(synth, jobs, os.path.join(cfg.output, 'preview.png'))}")
