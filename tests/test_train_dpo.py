@@ -287,6 +287,9 @@ def test_edit_pairs_with_references_train(world, tmp_path):
                                                 "batch_size": 1, "ref_area": 64 * 64,
                                                 "cache_dir": str(tmp_path / "cache")},
                  train={"mode": "dpo", "steps": 3})
+    from qwenimage.training.trainer import run_cache
+
+    assert run_cache(cfg) == 6  # `qwenimage cache`: both images of the 3 pairs
     t = Trainer(cfg)
     result = t.run()
     assert result["losses"][0] == pytest.approx(math.log(2), abs=1e-6) and result["losses"][-1] < math.log(2)
