@@ -237,6 +237,13 @@ def test_same_seed_same_bytes_any_worker_count(tmp_path, faces):
     assert sorted(os.listdir(a.output)) == ["manifest.jsonl", "shard-00000", "shard-00001", "synth.json"]
     shard = [json.loads(x) for x in open(os.path.join(a.output, "shard-00001", "manifest.jsonl"), encoding="utf-8")]
     assert [r["image"] for r in shard] == ["000004.png", "000005.png"]
+    # --ocr picks the first sample of each kind and language from the dataset's own plan, re-rendered exactly
+    from qwenimage.training.data.synthesis import review
+
+    jobs = review.dataset_jobs(gen.Synthesizer(a), gen.plan(a), 1)
+    assert sorted(ra[i]["category"] for i, _, _ in jobs) == sorted({r["category"] for r in ra})
+    r, row, _ = gen.Synthesizer(a).make(jobs[0][0], jobs[0][1])
+    assert row["caption"] == ra[jobs[0][0]]["caption"]
 
 
 def test_config_errors_name_the_field(tmp_path):
