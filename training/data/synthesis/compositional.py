@@ -108,7 +108,8 @@ def render(rng: random.Random, corpus, fonts: list, lang: str, size, stats: Coun
     mh = int(min(H * 0.8, mw * rng.uniform(0.55, 1.1)))
     surface = texture(medium, base, (mw, mh), nrng)
     mean = tuple(np.asarray(surface).reshape(-1, 3).mean(0))
-    ok = [c for c in inks if colors.contrast(colors.rgb(c), mean) >= colors.MIN_CONTRAST] or [colors.pick_text(rng, mean)]
+    ok = [c for c in inks if colors.contrast(colors.rgb(c), mean) >= colors.MIN_CONTRAST] \
+        or [colors.pick_text(rng, mean)]
     ink = rng.choice(ok)
     pad = int(min(mw, mh) * rng.uniform(0.08, 0.14))
     box = (pad, pad, mw - pad, mh - pad)

@@ -56,9 +56,10 @@ class Font:
     def look(self) -> str:
         """A caption's word for the face: serif, sans-serif or monospace, with bold / italic."""
         fam = self.family.lower()
-        kind = "monospace" if "mono" in fam else "serif" if re.search(r"serif|song|ming|times", fam) and "sans" not in fam \
-            else "sans-serif"
-        extra = [w for w, pat in (("bold", r"bold|black|heavy"), ("italic", r"italic|oblique")) if re.search(pat, self.style, re.I)]
+        serif = re.search(r"serif|song|ming|times", fam) and "sans" not in fam
+        kind = "monospace" if "mono" in fam else "serif" if serif else "sans-serif"
+        extra = [w for w, pat in (("bold", r"bold|black|heavy"), ("italic", r"italic|oblique"))
+                 if re.search(pat, self.style, re.I)]
         return " ".join([*extra, kind])
 
     def pil(self, size: int) -> ImageFont.FreeTypeFont:
@@ -88,7 +89,8 @@ def load_fonts(dirs=(), files=(), exclude=()) -> list[Font]:
     try:
         import fontTools  # noqa: F401  (before the loop: a missing library is not a broken font file)
     except ImportError:
-        raise ImportError("synthesis reads fonts' character maps with fontTools: pip install 'qwenimage[data]'") from None
+        raise ImportError("synthesis reads fonts' character maps with fontTools: "
+                          "pip install 'qwenimage[data]'") from None
     fonts = []
     for path in font_files(dirs, files):
         try:

@@ -114,7 +114,8 @@ def validate(cfg: SynthConfig) -> SynthConfig:
     bad = sorted(set(cfg.languages) - set(LANGS))
     if bad or not cfg.languages or any(not isinstance(w, (int, float)) or w < 0 for w in cfg.languages.values()) \
             or sum(cfg.languages.values()) <= 0:
-        raise ConfigError(f"languages: expected weights >= 0 for {' and '.join(LANGS)} (not all 0), got {cfg.languages}")
+        raise ConfigError(f"languages: expected weights >= 0 for {' and '.join(LANGS)} (not all 0), "
+                          f"got {cfg.languages}")
     if cfg.caption_language not in ("match", "en", "zh", "both"):
         raise ConfigError(f"caption_language: {cfg.caption_language!r} is not one of match, en, zh, both")
     for key in KINDS:

@@ -140,7 +140,8 @@ def fit(text: str, font_at, box, *, max_size: int, min_size: int, **kw) -> Block
         else:
             hi = mid - 1
     if best is None:
-        raise FitError(f"{len(text)} characters do not fit a {box[2] - box[0]}x{box[3] - box[1]} box at size {min_size}")
+        w, h = box[2] - box[0], box[3] - box[1]
+        raise FitError(f"{len(text)} characters do not fit a {w}x{h} box at size {min_size}")
     return best
 
 
