@@ -93,14 +93,12 @@ def config(world, out, **sections):
 
 def heldout_accuracy(trainer, world, draws: int = 4) -> float:
     """Implicit-reward accuracy on the held-out pairs: the fraction of (pair, noise draw) with a positive margin."""
-    from qwenimage.training.data.cache import CachedDataset
+    from qwenimage.training.data.cache import CachedDataset, build_cache
     from qwenimage.training.data.preferences import PairDataset, as_pairs
     from qwenimage.training.trainer import stage_cache
 
     cfg = config(world, trainer.cfg.output.dir, data={"path": world["heldout"]})
     samples, settings, cache_dir = stage_cache(cfg, cfg.stage_list()[0])
-    from qwenimage.training.data.cache import build_cache
-
     vae, te = trainer.encoders.get()
     build_cache(samples, cache_dir, settings, vae, te, device=None, progress=False)
     pairs = PairDataset(CachedDataset(samples, cache_dir, settings), as_pairs(samples))

@@ -99,8 +99,10 @@ def _row_pair(line: str, where: str, base: str, min_size: int, bucket):
 def _check_types(row) -> str | None:
     if not isinstance(row, dict):
         return f"json: expected an object, got {type(row).__name__}"
-    if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-        return "prompt: missing or empty" if not row.get("prompt") else f"prompt: expected a string"
+    if not isinstance(row.get("prompt", ""), str):
+        return f"prompt: expected a string, got {type(row['prompt']).__name__}"
+    if not row.get("prompt", "").strip():
+        return "prompt: missing or empty"
     if "images" in row or "scores" in row:
         images, scores = row.get("images"), row.get("scores")
         if not isinstance(images, list) or len(images) < 2 or not all(isinstance(p, str) and p for p in images):
