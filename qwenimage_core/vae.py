@@ -10,6 +10,7 @@ minus the video machinery: no 3-D convolutions over zeros, no cache, no per-fram
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from .checkpoint import _write_json, component_folder, folder_sources
 from .weights import CheckpointError, SafetensorsFile, assign_weights, check_config_fits, save_file_atomic
 
+LATENT_STATS_KEY = "qwenimage_latent_stats"  # single files: {"mean": [...], "std": [...]}
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
 LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
@@ -477,8 +479,8 @@ def _comfy_num_res_blocks(keys) -> int:
 PREFIXES = ("vae.", "first_stage_model.")  # full checkpoints: ComfyUI, and SD-style
 
 
-def infer_vae_config(shapes: dict[str, tuple]) -> VAEConfig:
-    """The architecture from diffusers-named weight shapes (latent statistics: the official ones)."""
+def infer_vae_config(shapes: dict[str, tuple], **fields) -> VAEConfig:
+    """The architecture from diffusers-named weight shapes (latent statistics: the official ones, or `fields`)."""
     def need(k):
         if k not in shapes:
             raise CheckpointError(f"not a Qwen-Image/Wan VAE: no {k!r}")
@@ -497,7 +499,7 @@ def infer_vae_config(shapes: dict[str, tuple]) -> VAEConfig:
             scale /= 2.0
     return VAEConfig(base_dim=base, z_dim=need("post_quant_conv.weight")[0], dim_mult=mult, num_res_blocks=num_res,
                      attn_scales=tuple(sorted(attn, reverse=True)), temperal_downsample=temporal,
-                     input_channels=need("encoder.conv_in.weight")[1])
+                     input_channels=need("encoder.conv_in.weight")[1], **fields)
 
 
 def vae_sources(path, config: VAEConfig | None = None) -> tuple[VAEConfig, dict]:
@@ -517,11 +519,20 @@ def vae_sources(path, config: VAEConfig | None = None) -> tuple[VAEConfig, dict]
         names = {comfy_to_diffusers(n, nrb): k for n, k in names.items()}
     sources = {n: (f, k) for n, k in names.items()}
     if config is None:
+        stats = f.metadata_json(LATENT_STATS_KEY)  # a VAE trained from scratch carries its own
         try:
-            config = infer_vae_config({n: f.shape(k) for n, k in names.items()})
-        except (CheckpointError, ValueError) as e:  # ValueError: a z_dim without official latent statistics
+            config = infer_vae_config({n: f.shape(k) for n, k in names.items()},
+                                      **({} if stats is None else _stats_fields(stats)))
+        except (CheckpointError, ValueError, TypeError, KeyError) as e:  # ValueError: no official statistics
             raise CheckpointError(f"{path}: {e}{' under ' + prefix if prefix else ''}") from None
     return config, sources
+
+
+def _stats_fields(stats) -> dict:
+    if not (isinstance(stats, dict) and isinstance(stats.get("mean"), list) and isinstance(stats.get("std"), list)):
+        raise ValueError(f"metadata {LATENT_STATS_KEY!r} must be {{\"mean\": [...], \"std\": [...]}}")
+    return {"latents_mean": tuple(float(v) for v in stats["mean"]),
+            "latents_std": tuple(float(v) for v in stats["std"])}
 
 
 def check_vae_config(config: VAEConfig, sources: dict) -> None:
@@ -561,7 +572,11 @@ def save_vae(model: QwenImageVAE, folder) -> None:
 
 def save_comfyui_vae(model: QwenImageVAE, path) -> None:
     """Write the ComfyUI/Wan single file (qwen_image_vae.safetensors' names), atomically. The architecture is read
-    back off the shapes; the latent statistics are the official ones there (ComfyUI has no place for others)."""
-    nrb = model.config.num_res_blocks
+    back off the shapes; latent statistics other than the official ones (a VAE trained from scratch) go in the
+    metadata, where our loader finds them (ComfyUI's own Wan loader has no place for them)."""
+    c, nrb = model.config, model.config.num_res_blocks
     state = {diffusers_to_comfy(k, nrb): v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file_atomic(state, os.fspath(path), {"format": "pt"})
+    meta = {"format": "pt"}
+    if (tuple(c.latents_mean), tuple(c.latents_std)) != (LATENTS_MEAN, LATENTS_STD):
+        meta[LATENT_STATS_KEY] = json.dumps({"mean": list(c.latents_mean), "std": list(c.latents_std)})
+    save_file_atomic(state, os.fspath(path), meta)

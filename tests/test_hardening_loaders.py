@@ -228,3 +228,29 @@ def test_saved_files_are_byte_identical(tmp_path):
     with safe_open(tmp_path / "0.safetensors", "pt") as f:
         assert f.metadata() == meta
         assert all(torch.equal(f.get_tensor(k), v) for k, v in tensors.items())
+
+
+def test_vae_latent_statistics_in_a_single_file_round_trip_and_bad_ones_are_named(tmp_path):
+    """A VAE trained from scratch keeps its own latent statistics in the single file's metadata; malformed ones
+    are refused with the file named."""
+    import dataclasses
+    import json
+
+    import safetensors.torch
+    from safetensors import safe_open
+
+    from qwenimage.qwenimage_core.vae import LATENT_STATS_KEY, QwenImageVAE, VAEConfig, load_vae, save_comfyui_vae
+    from qwenimage.qwenimage_core.weights import CheckpointError
+
+    cfg = dataclasses.replace(VAEConfig.tiny(), latents_mean=tuple(0.1 * i for i in range(16)),
+                              latents_std=tuple(1.0 + i for i in range(16)))
+    save_comfyui_vae(QwenImageVAE(cfg), tmp_path / "v.safetensors")
+    assert load_vae(tmp_path / "v.safetensors").config == cfg
+    save_comfyui_vae(QwenImageVAE(VAEConfig.tiny()), tmp_path / "o.safetensors")  # official: nothing added
+    with safe_open(tmp_path / "o.safetensors", "pt") as f:
+        assert LATENT_STATS_KEY not in (f.metadata() or {})
+    tensors = safetensors.torch.load_file(tmp_path / "v.safetensors")
+    safetensors.torch.save_file(tensors, tmp_path / "bad.safetensors", {LATENT_STATS_KEY: json.dumps({"mean": [0]})})
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors: .*qwenimage_latent_stats"):
+        load_vae(tmp_path / "bad.safetensors")
+

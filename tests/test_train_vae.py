@@ -1,6 +1,7 @@
 """VAE training: a tiny VAE from scratch that gets better on held-out images and loads everywhere, decoder-only
 tuning that leaves the encoder (hence every latent) bit for bit as it was, exact resume with the GAN on, the
 perceptual loss's weights file, and PSNR/SSIM on known values."""
+import dataclasses
 import json
 import os
 import random
@@ -9,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from qwenimage.training.data.vae_crops import eval_images
 from qwenimage.qwenimage_core.vae import QwenImageVAE, VAEConfig, load_vae, save_comfyui_vae
 from qwenimage.training.config import ConfigError, load_config
 from qwenimage.training.eval.image_metrics import psnr, ssim
@@ -98,6 +100,13 @@ def test_psnr_and_ssim_on_known_values():
 
 # ------------------------------------------------------------------------------------------ from scratch
 
+def load_samples_for(cfg):
+    from qwenimage.training.data.vae_crops import vae_samples
+
+    train, _ = vae_samples(cfg)
+    return None, train[:cfg.vae.latent_stats]
+
+
 def test_vae_from_scratch_gets_better_on_heldout_images_and_loads_everywhere(world, tmp_path):
     from qwenimage.nodes import NODE_CLASS_MAPPINGS, host
 
@@ -112,9 +121,16 @@ def test_vae_from_scratch_gets_better_on_heldout_images_and_loads_everywhere(wor
     with open(result["outputs"]["metrics"]) as fh:
         assert json.load(fh) == result["metrics"]
     trained = state(trainer.unwrapped)
+    # its own latent statistics ship with it: they normalise its training images' latents to ~N(0, 1) per channel
+    stats = trainer.unwrapped.config
+    assert (stats.latents_mean, stats.latents_std) != (VAEConfig().latents_mean, VAEConfig().latents_std)
+    _, samples = load_samples_for(cfg)
+    z = trainer.unwrapped.normalize_latents(trainer.unwrapped.encode(eval_images(samples, cfg.vae.crop)).mode())
+    assert z.mean((0, 2, 3)).abs().max() < 1e-4 and (z.std((0, 2, 3)) - 1).abs().max() < 1e-4
     for path in (result["outputs"]["diffusers"], result["outputs"]["comfyui"]):
         loaded = load_vae(path)
-        assert loaded.config == VAEConfig.tiny()
+        assert loaded.config == dataclasses.replace(VAEConfig.tiny(), latents_mean=stats.latents_mean,
+                                                    latents_std=stats.latents_std)
         assert all(torch.equal(trained[k], v) for k, v in loaded.state_dict().items())
     models = tmp_path / "models"
     (models / "vae").mkdir(parents=True)

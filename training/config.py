@@ -106,6 +106,9 @@ class VAETrainConfig:
     eval_data: str = ""               # or a separate folder / JSONL of evaluation images
     eval_size: int = 0                # their centre crops, in pixels; 0: crop
     sample_posterior: bool = True     # decode a posterior sample (as the transformer's latents vary); else its mean
+    latent_stats: int = 256           # mode "vae": measure the latents' per-channel mean and std on this many
+                                      # training images and ship them (the transformer trains on normalised
+                                      # latents; the official statistics fit only the official encoder); 0: keep
     l1: float = 1.0                   # reconstruction weights (mean absolute / squared error, images in [-1, 1])
     l2: float = 0.0
     kl: float = 1e-6                  # KL to N(0, 1), mean per latent element; mode "vae" only (LDM's 1e-6 on sums
@@ -252,7 +255,7 @@ POSITIVE = ("data.batch_size", "data.area", "data.min_size", "optimizer.lr", "tr
             "optimizer.eps", "train.max_nonfinite_steps", "vae.crop", "vae.disc_lr", "vae.disc_channels",
             "vae.disc_layers", "dpo.beta", "rl.group_size", "rl.groups", "rl.inner_epochs", "rl.steps", "rl.width",
             "rl.height", "rl.cfg", "rl.clip_range", "rl.adv_clip_max", "rl.nft_beta", "rl.nft_timesteps")
-NON_NEGATIVE = ("train.max_grad_norm", "optimizer.weight_decay", "schedule.warmup", "train.seed", "vae.holdout",
+NON_NEGATIVE = ("vae.latent_stats", "train.max_grad_norm", "optimizer.weight_decay", "schedule.warmup", "train.seed", "vae.holdout",
                 "vae.eval_size", "vae.l1", "vae.l2", "vae.kl", "vae.perceptual", "vae.gan", "vae.gan_start",
                 "reference.refresh_every", "rl.noise_level", "rl.sde_window", "rl.beta", "rl.nft_kl",
                 "train.vram_budget_gb")

@@ -80,9 +80,28 @@ def write_metrics(metrics: dict, out_dir: str) -> str:
     return path
 
 
+@torch.no_grad()
+def latent_stats(model: QwenImageVAE, images: torch.Tensor, batch_size: int = 16) -> tuple[tuple, tuple]:
+    """Per-channel mean and std of the posterior means of `images`: what normalises this encoder's latents to
+    about zero mean and unit variance, as the official statistics do for the official encoder."""
+    was_training = model.training
+    model.eval()
+    z = torch.cat([model.encode(x.to(model.device, model.dtype)).mode().float().cpu() for x in images.split(batch_size)])
+    model.train(was_training)
+    dims = [0] + list(range(2, z.ndim))
+    return tuple(z.mean(dims).tolist()), tuple(z.std(dims).clamp_min(1e-6).tolist())
+
+
 def export_vae(model: QwenImageVAE, cfg: Config) -> dict:
-    """out/vae/ (diffusers: config.json + weights) and out/qwen_image_vae_trained.safetensors (ComfyUI)."""
+    """out/vae/ (diffusers: config.json + weights) and out/qwen_image_vae_trained.safetensors (ComfyUI). A VAE
+    trained from scratch ships its own latent statistics (vae.latent_stats); the decoder-only mode keeps the
+    official ones, as its encoder is the official one."""
     out = {}
+    if cfg.train.mode == "vae" and cfg.vae.latent_stats:
+        train_samples, _ = vae_samples(cfg, cfg.stage_list()[0].data)
+        size = cfg.vae.eval_size or cfg.vae.crop
+        mean, std = latent_stats(model, eval_images(train_samples[:cfg.vae.latent_stats], size))
+        model.config = dataclasses.replace(model.config, latents_mean=mean, latents_std=std)
     if "diffusers" in cfg.output.formats:
         out["diffusers"] = os.path.join(cfg.output.dir, "vae")
         save_vae(model, out["diffusers"])
