@@ -255,8 +255,8 @@ POSITIVE = ("data.batch_size", "data.area", "data.min_size", "optimizer.lr", "tr
             "optimizer.eps", "train.max_nonfinite_steps", "vae.crop", "vae.disc_lr", "vae.disc_channels",
             "vae.disc_layers", "dpo.beta", "rl.group_size", "rl.groups", "rl.inner_epochs", "rl.steps", "rl.width",
             "rl.height", "rl.cfg", "rl.clip_range", "rl.adv_clip_max", "rl.nft_beta", "rl.nft_timesteps")
-NON_NEGATIVE = ("vae.latent_stats", "train.max_grad_norm", "optimizer.weight_decay", "schedule.warmup", "train.seed", "vae.holdout",
-                "vae.eval_size", "vae.l1", "vae.l2", "vae.kl", "vae.perceptual", "vae.gan", "vae.gan_start",
+NON_NEGATIVE = ("train.max_grad_norm", "optimizer.weight_decay", "schedule.warmup", "train.seed", "vae.holdout",
+                "vae.latent_stats", "vae.eval_size", "vae.l1", "vae.l2", "vae.kl", "vae.perceptual", "vae.gan", "vae.gan_start",
                 "reference.refresh_every", "rl.noise_level", "rl.sde_window", "rl.beta", "rl.nft_kl",
                 "train.vram_budget_gb")
 
