@@ -64,7 +64,7 @@ def main():
         wait_for(base + "/api/system_stats", proc, 1800)
         times["set-up and server start"] = time.monotonic() - t
         t = time.monotonic()
-        with open(os.path.join(clone, "workflows", "demo_api.json"), encoding="utf-8") as fh:
+        with open(os.path.join(clone, "workflows", "api", "demo.json"), encoding="utf-8") as fh:
             prompt = json.load(fh)
         req = urllib.request.Request(base + "/api/prompt", data=json.dumps({"prompt": prompt}).encode(),
                                      headers={"Content-Type": "application/json"})

@@ -2,7 +2,7 @@
 and the demo files in its models folders) over ComfyUI's own HTTP and websocket API, as its API examples do.
 
 Checks: every node of the pack is registered; our loaders list the demo files from ComfyUI's folders (the same
-names ComfyUI's own loaders list); workflows/demo_api.json runs, the image comes back through /view and shows the
+names ComfyUI's own loaders list); workflows/api/demo.json runs, the image comes back through /view and shows the
 background its prompt asks for (the classifier of tests/test_demo.py); with ComfyUI's default --preview-method
 none no preview frame is sent; ComfyUI's own loaders given our demo files refuse them with an error (their
 architecture sizes are fixed) and the server carries on. Prints what it found; exits 1 on the first failure.
@@ -98,7 +98,7 @@ async def main(base: str) -> None:
             check(FILES[folder] in listed and listed == theirs,
                   f"{ours} lists {FILES[folder]} from ComfyUI's {folder} folder, as {native} does ({listed})")
 
-        with open(os.path.join(REPO, "workflows", "demo_api.json"), encoding="utf-8") as fh:
+        with open(os.path.join(REPO, "workflows", "api", "demo.json"), encoding="utf-8") as fh:
             demo = json.load(fh)
         t0 = time.monotonic()
         entry, frames = await run_prompt(s, base, demo, uuid.uuid4().hex)
@@ -129,9 +129,8 @@ async def main(base: str) -> None:
         templates = (await get_json(s, f"{base}/api/workflow_templates")).items()
         ours = [names for pack, names in templates if "demo" in names]
         check(bool(ours), "ComfyUI's template browser lists the pack's demo workflow")
-        twins = sorted(n for n in ours[0] if n.endswith("_api"))
-        if twins:  # ComfyUI lists every *.json of a pack's workflows/ folder; the API twins are not UI graphs
-            print(f"note  ComfyUI's template browser also lists the API-format twins: {', '.join(twins)}")
+        check(all(not n.startswith("api") for n in ours[0]),  # ComfyUI lists every workflows/*.json
+              "only UI-format graphs are listed as templates (the API-format ones live in workflows/api/)")
 
 
 if __name__ == "__main__":

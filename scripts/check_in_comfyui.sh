@@ -6,7 +6,7 @@
 # COMFYUI_DIR is a ComfyUI checkout; it is not changed. ComfyUI runs on the CPU with --base-directory in a
 # scratch folder holding custom_nodes/qwenimage (a link to this repository) and models/ with copies of the
 # demo files in their ComfyUI folders, so its models, custom nodes, inputs and outputs are not touched.
-# The import log must show the pack loaded; scripts/check_in_comfyui.py then runs workflows/demo_api.json over
+# The import log must show the pack loaded; scripts/check_in_comfyui.py then runs workflows/api/demo.json over
 # ComfyUI's API and checks the image and more (see there).
 #
 # COMFY_PYTHON  the Python that runs ComfyUI. Default: COMFYUI_DIR's venv/ or .venv/ when there; else a venv

@@ -281,14 +281,14 @@ WORKFLOWS = {
 
 def main() -> None:
     out = os.path.join(ROOT, "workflows")
-    os.makedirs(out, exist_ok=True)
+    os.makedirs(os.path.join(out, "api"), exist_ok=True)  # apart: ComfyUI lists every workflows/*.json as a template
     for name, build in WORKFLOWS.items():
         g = build()
-        for suffix, data in (("", g.ui()), ("_api", g.api())):
-            with open(os.path.join(out, f"{name}{suffix}.json"), "w", encoding="utf-8") as fh:
+        for sub, data in (("", g.ui()), ("api", g.api())):
+            with open(os.path.join(out, sub, f"{name}.json"), "w", encoding="utf-8") as fh:
                 json.dump(data, fh, indent=2, ensure_ascii=False)
                 fh.write("\n")
-        print(f"workflows/{name}.json, workflows/{name}_api.json")
+        print(f"workflows/{name}.json, workflows/api/{name}.json")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from _browser import (RUN_BUTTON, TOAST, Browser, click, command, find_chromium,
                       output_images, server_node_types, toasts, wait_run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKFLOWS = sorted(p for p in glob.glob(os.path.join(REPO, "workflows", "*.json")) if not p.endswith("_api.json"))
+WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
 
 pytestmark = pytest.mark.skipif(find_chromium() is None,
                                 reason="no Chromium found (apt-get install -y chromium; .ci/run does it as root)")

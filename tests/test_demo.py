@@ -89,7 +89,7 @@ def test_demo_workflow_runs_through_the_node_pack(tmp_path):
     from qwenimage.nodes import NODE_CLASS_MAPPINGS, host
     from qwenimage.nodes.builtins import BUILTIN_NODE_CLASS_MAPPINGS
 
-    with open(os.path.join(REPO, "workflows", "demo_api.json"), encoding="utf-8") as fh:
+    with open(os.path.join(REPO, "workflows", "api", "demo.json"), encoding="utf-8") as fh:
         prompt = json.load(fh)
     old = (host.models_dir(), host.input_dir(), host.output_dir(), host.temp_dir())
     host.set_models_dir(tmp_path / "models")  # an empty models folder: the shipped demo root is found after it

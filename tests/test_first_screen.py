@@ -33,8 +33,8 @@ def models(tmp_path):
 def t2i_only(tmp_path):
     """A workflows folder with text-to-image only (the real one's demo may be runnable here: the shipped demo files)."""
     folder = tmp_path / "workflows"
-    folder.mkdir()
-    for n in ("text_to_image", "text_to_image_api"):
+    (folder / "api").mkdir(parents=True)
+    for n in ("text_to_image", "api/text_to_image"):
         shutil.copy(WORKFLOWS / f"{n}.json", folder / f"{n}.json")
     return folder
 
@@ -93,12 +93,12 @@ def test_demo_when_its_files_are_present(models, t2i_only):
     folder = t2i_only
     # a stand-in demo: a graph whose model files we control
     shutil.copy(WORKFLOWS / "text_to_image.json", folder / "demo.json")
-    shutil.copy(WORKFLOWS / "text_to_image_api.json", folder / "demo_api.json")
+    shutil.copy(WORKFLOWS / "api" / "text_to_image.json", folder / "api" / "demo.json")
     assert F.first_workflow(mappings(), folder)[0] == "text_to_image"  # no files: the demo cannot run
     put_files(models)
     name, wf = F.first_workflow(mappings(), folder)
     assert name == "demo" and [n["type"] for n in wf["nodes"]] == [n["type"] for n in load("text_to_image")["nodes"]]
-    (folder / "demo_api.json").unlink()  # a demo without its API twin cannot be checked: not offered
+    (folder / "api" / "demo.json").unlink()  # a demo without its API twin cannot be checked: not offered
     assert F.first_workflow(mappings(), folder)[0] == "text_to_image"
 
 

@@ -88,8 +88,8 @@ def _comfy(monkeypatch, tmp_path):
 
 
 def _run_demo(nodes, steps):
-    """The shipped demo graph (workflows/demo_api.json) node by node, up to the decoded image."""
-    with open(os.path.join(REPO, "workflows", "demo_api.json"), encoding="utf-8") as fh:
+    """The shipped demo graph (workflows/api/demo.json) node by node, up to the decoded image."""
+    with open(os.path.join(REPO, "workflows", "api", "demo.json"), encoding="utf-8") as fh:
         graph = json.load(fh)
     out = {}
     for nid in ("1", "2", "3", "4", "5", "6", "7", "8"):

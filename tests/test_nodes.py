@@ -21,7 +21,7 @@ from qwenimage.qwenimage_core import QwenImage
 from qwenimage.qwenimage_core.lora import LoraError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKFLOWS = sorted(p for p in glob.glob(os.path.join(REPO, "workflows", "*.json")) if not p.endswith("_api.json"))
+WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
 EDIT_AREA = 128 * 128
 ALL = {**BUILTIN_NODE_CLASS_MAPPINGS, **NODE_CLASS_MAPPINGS}
 # ComfyUI's own node names (core and comfy_extras) that ours must never take
@@ -65,7 +65,7 @@ def _node(name, **inputs):
 
 
 def _api(name):
-    with open(os.path.join(REPO, "workflows", f"{name}_api.json"), encoding="utf-8") as fh:
+    with open(os.path.join(REPO, "workflows", "api", f"{name}.json"), encoding="utf-8") as fh:
         return json.load(fh)
 
 
@@ -134,7 +134,7 @@ def test_every_workflow_is_there_in_both_formats():
     assert {"text_to_image", "image_to_image", "inpainting", "edit", "multi_image_edit", "text_to_image_lora",
             "lightning_8_steps"} <= names
     for p in WORKFLOWS:
-        assert os.path.isfile(p[:-5] + "_api.json")
+        assert os.path.isfile(os.path.join(os.path.dirname(p), "api", os.path.basename(p)))
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: os.path.basename(p)[:-5])

@@ -264,7 +264,7 @@ def test_frontend_routes_answer(srv, prefix):
 
 def test_shipped_workflows_are_offered_as_templates(srv):
     status, body, _ = call(srv, "GET", "/api/workflow_templates")
-    assert status == 200 and "text_to_image" in body["Qwen-Image"] and "text_to_image_api" not in body["Qwen-Image"]
+    assert status == 200 and "text_to_image" in body["Qwen-Image"] and not any("api" in n for n in body["Qwen-Image"])
     status, wf, _ = call(srv, "GET", "/api/workflow_templates/Qwen-Image/text_to_image.json")
     assert status == 200 and any(n["type"] == "QwenImageSampler" for n in wf["nodes"])
     for bad in ("/api/workflow_templates/Qwen-Image/..%2Fpyproject.toml", "/api/workflow_templates/Other/edit.json"):
@@ -723,7 +723,7 @@ def test_real_workflow_caches_models_across_seeds(tmp_path, tokenizer):
     try:
         server = S.PromptServer(user_dir=tmp_path / "user")
         assert set(NODE_CLASS_MAPPINGS) <= set(server.mappings)
-        with open(os.path.join(REPO, "workflows", "text_to_image_api.json")) as f:
+        with open(os.path.join(REPO, "workflows", "api", "text_to_image.json")) as f:
             prompt = speed_up(json.load(f))
         with S.ServerThread(server) as url:
             s = type("Srv", (), {"url": url})

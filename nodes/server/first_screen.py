@@ -92,10 +92,10 @@ def _camera(workflow: dict, scale=CAMERA_SCALE, margin=CAMERA_MARGIN) -> dict:
 def first_workflow(mappings: dict, folder: Path) -> tuple[str, Optional[dict]]:
     """(name, UI-format graph) for a new browser: the demo when its API twin validates here (its model files
     are present), else text-to-image, its note naming the files it lacks and where they go."""
-    demo, demo_api = _read(folder, DEMO), _read(folder, DEMO + "_api")
+    demo, demo_api = _read(folder, DEMO), _read(folder / "api", DEMO)
     if demo is not None and demo_api is not None and validate_prompt(demo_api, mappings).ok:
         return DEMO, _camera(demo)
-    wf, api = _read(folder, FALLBACK), _read(folder, FALLBACK + "_api")
+    wf, api = _read(folder, FALLBACK), _read(folder / "api", FALLBACK)
     if wf is None:
         return FALLBACK, None
     missing = missing_files(api or {})

@@ -31,10 +31,11 @@ FIRST_TEMPLATES: tuple = ("demo",)  # template names shown first in the browser,
 
 
 def example_workflows(folder: Path = WORKFLOWS_DIR) -> list[str]:
-    """The UI-format workflows of a folder (*.json, not the *_api.json twins), by name, FIRST_TEMPLATES first."""
+    """The UI-format workflows of a folder (*.json; the API-format twins live in api/), by name, FIRST_TEMPLATES
+    first."""
     if not folder.is_dir():
         return []
-    names = sorted(p.stem for p in folder.glob("*.json") if not p.stem.endswith("_api"))
+    names = sorted(p.stem for p in folder.glob("*.json"))
     first = [n for n in FIRST_TEMPLATES if n in names]
     return first + [n for n in names if n not in first]
 
