@@ -5,7 +5,8 @@ swapped; fp8 + 45 swapped) for the full 20B model at 1024 px on a GPU, or a smal
     python bench/bench_train.py --preset small --size 256 --steps 2 --placements bf16,fp8,fp8+2,fp8+3   # CPU smoke
 
 Each placement is built the way the trainer builds it: random weights stand in for the checkpoint (same shapes,
-same cost; the model is built on the GPU, so the 20B model in bf16 needs a card that holds it), block linears quantised to float8_e4m3fn for fp8 (as loading a bf16 file with the fp8 base does),
+same cost; the model is built on the GPU, so the 20B model in bf16 needs a card that holds it), block linears
+quantised to float8_e4m3fn for fp8 (as loading a bf16 file with the fp8 base does),
 peft LoRA (rank 32 on every attention projection, fp32 adapters), gradient checkpointing, and the core BlockSwap
 streaming the swapped blocks from pinned CPU memory through forward and backward. The batch is one cached sample
 (latents and a 77-token prompt state), as training from complete caches sees it. Steps run the trainer's own

@@ -3,8 +3,9 @@
 Block swap keeps the first `resident` transformer blocks (and everything outside the blocks) on the GPU and the
 rest in pinned CPU memory. Before block i runs, its weights are already on their way: the copy of block i+1
 is issued on a side CUDA stream while block i computes, and the compute stream waits on that copy's event only
-when it reaches block i+1. After a streamed block has run, its parameters point back at their CPU copies; the
-GPU copies are freed once the compute stream is done with them (`record_stream`). The weights are only read,
+when it reaches block i+1. After a streamed block has run, its modules hold their CPU tensors again; a GPU copy
+is freed once nothing refers to it (autograd may, until the block's backward) and the compute stream is done
+with it (`record_stream`). The weights are only read,
 never written, so the CPU copy stays the canonical one and the output is bit-identical to the resident run.
 
 Training (LoRA) streams the same way through the backward pass, with gradient checkpointing (`train=True`);

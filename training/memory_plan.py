@@ -192,7 +192,7 @@ def plan_for_config(cfg) -> Placement | None:
     area = max([s.area for s in cfg.stages if s.area] + [cfg.data.area])
     refs = cfg.data.ref_area // 256 if cfg.data.template != "t2i" else 0
     tokens = area // 256 + refs + (cfg.data.max_text_tokens or DEFAULT_TEXT_TOKENS)
-    fp = footprint(config, cfg.lora.targets, cfg.lora.rank, getattr(torch, cfg.model.dtype), tokens, cfg.data.batch_size,
-                   cfg.optimizer.eight_bit, stored_fp8)
+    fp = footprint(config, cfg.lora.targets, cfg.lora.rank, getattr(torch, cfg.model.dtype), tokens,
+                   cfg.data.batch_size, cfg.optimizer.eight_bit, stored_fp8)
     return make_plan(fp, t.vram_budget_gb, t.blocks_to_swap, t.fp8_base, cfg.model.gradient_checkpointing,
                      files_bytes(cfg.model.text_encoder) + files_bytes(cfg.model.vae))
