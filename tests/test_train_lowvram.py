@@ -275,5 +275,9 @@ def test_plan_memory_model_and_refusals(official):
     # fp8 off: full-precision blocks swap instead
     off = make_plan(official, 16, fp8="off")
     assert not off.fp8 and off.blocks_to_swap > CARD_TABLE[16][1]
+    # the text encoder (Qwen2.5-VL-7B, ~16 GB in bf16) and VAE go to the GPU only beside a plan they fit next to
+    assert not make_plan(official, 24, encoder_bytes=16 * GiB).encoders_on_gpu
+    assert make_plan(official, 48, encoder_bytes=4 * GiB).encoders_on_gpu
+    assert "on the CPU" in make_plan(official, 24, encoder_bytes=16 * GiB).describe()
     # without checkpointing every block keeps its activations: far more than with it
     assert sum(estimate(official, True, 0, False).values()) > sum(q.values()) + 20 * GiB
