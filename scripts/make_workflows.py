@@ -239,7 +239,7 @@ def edit(multi=False):
 
 DEMO_FILES = {"unet": "qwen_image_demo.safetensors", "clip": "qwen_image_demo_text_encoder.safetensors",
               "vae": "qwen_image_demo_vae.safetensors"}
-DEMO_SIZE, DEMO_STEPS, DEMO_CFG = 64, 20, 4.0
+DEMO_SIZE, DEMO_STEPS, DEMO_CFG = 64, 20, 1.0  # trained without dropped captions: no CFG
 
 
 def demo():
@@ -261,8 +261,9 @@ def demo():
                       "into ComfyUI/models/: diffusion_models/" + DEMO_FILES["unet"] + ", text_encoders/"
                       + DEMO_FILES["clip"] + ", vae/" + DEMO_FILES["vae"] + ".\nIt knows square, circle, "
                       "triangle; red, green, blue, yellow, purple, orange; backgrounds white, black, gray, blue, "
-                      "green. Backgrounds it gets right, colours mostly, shapes roughly.\nTry: a green square on a "
-                      "gray background.")
+                      "green. Colours and backgrounds it gets right, shapes about three times in five. CFG 1: it "
+                      "never saw an empty prompt, so true CFG has nothing to push away from.\nTry: a green square "
+                      "on a gray background.")
     return g
 
 
