@@ -415,8 +415,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def load_config(source, overrides=()) -> Config:
-    """A Config from a TOML file path (or a dict), with overrides applied, validated."""
+def load_raw(source, overrides=()) -> dict:
+    """A TOML file (or a dict) as plain data, KEY=VALUE overrides applied, every number finite; checked against
+    its dataclass by the caller (this config, or another command's such as `data synth`)."""
     if isinstance(source, dict):
         raw = json.loads(json.dumps(source))
     else:
@@ -436,4 +437,9 @@ def load_config(source, overrides=()) -> Config:
                 raise ConfigError(f"override {item!r}: {k} is not a section")
         node[keys[-1]] = value
     check_finite(raw)
-    return validate(_build(Config, raw, ""))
+    return raw
+
+
+def load_config(source, overrides=()) -> Config:
+    """A Config from a TOML file path (or a dict), with overrides applied, validated."""
+    return validate(_build(Config, load_raw(source, overrides), ""))

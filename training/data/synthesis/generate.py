@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ...config import ConfigError, _build, check_finite, parse_override, tomllib
+from ...config import ConfigError, _build, load_raw
 from . import captions, compositional, fonts as fontlib, pure, templates
 from .corpus import LANGS, Corpus
 
@@ -81,26 +81,7 @@ class SynthConfig:
 
 def load_config(source, overrides=()) -> SynthConfig:
     """A SynthConfig from a TOML file (or a dict) with KEY=VALUE overrides, checked field by field."""
-    if isinstance(source, dict):
-        raw = json.loads(json.dumps(source))
-    else:
-        try:
-            with open(source, "rb") as fh:
-                raw = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: config file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    for item in overrides:
-        keys, value = parse_override(item)
-        node = raw
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {k} is not a section")
-        node[keys[-1]] = value
-    check_finite(raw)
-    return validate(_build(SynthConfig, raw, ""))
+    return validate(_build(SynthConfig, load_raw(source, overrides), ""))
 
 
 def validate(cfg: SynthConfig) -> SynthConfig:
