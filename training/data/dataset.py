@@ -57,6 +57,14 @@ class LoadReport:
         return len(self.skipped)
 
 
+def settle_problems(problems: list[str], path, on_error: str, what: str) -> None:
+    """Bad rows of a data file: all named in one DataError (on_error = "error"), else each logged as skipped."""
+    if problems and on_error == "error":
+        raise DataError(f"{len(problems)} bad {what}(s) in {path}:\n  " + "\n  ".join(problems))
+    for p in problems:
+        log.warning("skipping %s: %s", what, p)
+
+
 def load_samples(path, *, kind: str = "auto", on_error: str = "skip", min_size: int = 64, caption_ext: str = ".txt",
                  base_dir=None, report: bool = False, captions: bool = True):
     """Read and validate a dataset -> sorted list[Sample] (or (samples, LoadReport) with report=True).
@@ -89,10 +97,7 @@ def load_samples(path, *, kind: str = "auto", on_error: str = "skip", min_size: 
             samples.append(sample)
     samples.sort(key=lambda s: (s.image, s.references, s.caption))
 
-    if problems and on_error == "error":
-        raise DataError(f"{len(problems)} bad sample(s) in {path}:\n  " + "\n  ".join(problems))
-    for p in problems:
-        log.warning("skipping sample: %s", p)
+    settle_problems(problems, path, on_error, "sample")
     if not samples:
         raise DataError(f"no usable samples in {path} ({len(problems)} skipped)")
     if problems:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import collate
-from .dataset import MAX_REFERENCES, DataError, Sample, _validate
+from .dataset import MAX_REFERENCES, DataError, Sample, _validate, settle_problems
 
 log = logging.getLogger("qwenimage.training")
 
@@ -54,10 +54,7 @@ def load_pairs(path, *, on_error: str = "skip", min_size: int = 64, bucket=None,
             problems.append(problem)
         else:
             pairs.append(pair)
-    if problems and on_error == "error":
-        raise DataError(f"{len(problems)} bad preference row(s) in {path}:\n  " + "\n  ".join(problems))
-    for p in problems:
-        log.warning("skipping preference row: %s", p)
+    settle_problems(problems, path, on_error, "preference row")
     if not pairs:
         raise DataError(f"no usable preference pairs in {path} ({len(problems)} row(s) skipped)")
     return pairs
