@@ -98,3 +98,26 @@ class WeightedSum:
             self.details[name] = values
             total = [t + weight * v for t, v in zip(total, values)]
         return total
+
+
+def metrics(name: str, fn: ScoreFn, images, prompts, metadata=None) -> dict[str, list[float | None]]:
+    """Evaluation's call: {metric: one value per image}. A scorer with a `metrics(images, prompts, metadata)` method
+    reports several named metrics at once (OCR: word accuracy, edit distance, character accuracy), where None is a
+    failure recorded for that image (a judge that never gave a valid answer); its `__call__` stays the one reward
+    value. Any other scorer gives {name: score(...)}."""
+    many = getattr(fn, "metrics", None)
+    if many is None:
+        return {name: score(name, fn, images, prompts, metadata)}
+    metadata = list(metadata) if metadata is not None else [{} for _ in images]
+    try:
+        out = dict(many(list(images), list(prompts), metadata))
+    except Exception as e:
+        raise RewardError(f"scorer {name!r} failed: {type(e).__name__}: {e}") from e
+    for metric, values in out.items():
+        values = list(values)
+        if len(values) != len(images):
+            raise RewardError(f"scorer {name!r}: metric {metric!r} has {len(values)} values for {len(images)} images")
+        if any(v is not None and not math.isfinite(float(v)) for v in values):
+            raise RewardError(f"scorer {name!r}: metric {metric!r} has a non-finite value")
+        out[metric] = [None if v is None else float(v) for v in values]
+    return out
