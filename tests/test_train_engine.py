@@ -338,3 +338,41 @@ def test_bf16_mixed_precision_with_gradient_checkpointing(world, tmp_path):
     # every adapter trained but the last block's text queries and text output, which feed nothing
     idle = {f"transformer.transformer_blocks.1.attn.{m}.lora_B.weight" for m in ("add_q_proj", "to_add_out")}
     assert moved == {k for k in lora if "lora_B" in k} - idle
+
+
+def test_caption_dropout_trains_some_samples_on_the_empty_prompt(world, tmp_path):
+    """With data.caption_dropout, some samples (drawn per sample, reproducibly) carry exactly the text encoder's
+    embedding of the pipelines' empty negative prompt, so the unconditional branch of CFG is trained."""
+    from qwenimage.training.data.caption_dropout import EMPTY_PROMPT, drop_captions
+
+    cfg = config(world, tmp_path / "out", data={"caption_dropout": 0.5}, train={"mode": "pretrain", "steps": 3})
+    trainer = Trainer(cfg)
+    seen, loss = [], trainer.objective.loss
+
+    def spy(model, batch, gens):
+        seen.append((batch["dropped_captions"].clone(), batch["embeds"].clone(), batch["mask"].clone()))
+        return loss(model, batch, gens)
+
+    trainer.objective.loss = spy
+    trainer.run()
+    drops = torch.cat([d for d, _, _ in seen])
+    assert drops.any() and not drops.all()
+    te = trainer.encoders.get()[1]
+    with torch.no_grad():
+        want, want_mask = te.encode([EMPTY_PROMPT], template="t2i", max_sequence_length=1024)
+    want = want[0, :int(want_mask[0].sum())].float()
+    for dropped, embeds, mask in seen:
+        for j in torch.nonzero(dropped).flatten().tolist():
+            n = int(mask[j].sum())
+            assert n == want.shape[0] and torch.allclose(embeds[j, :n], want, atol=1e-5)
+        for j in torch.nonzero(~dropped).flatten().tolist():
+            assert int(mask[j].sum()) != want.shape[0] or not torch.allclose(embeds[j, :want.shape[0]], want)
+    # rate 0 leaves the batch (and the generators' streams) untouched
+    batch = {"embeds": torch.ones(2, 3, 4), "mask": torch.ones(2, 3, dtype=torch.long)}
+    g = torch.Generator().manual_seed(1)
+    assert drop_captions(batch, want, 0.0, [g, g]) is batch
+    assert torch.rand((), generator=g) == torch.rand((), generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ConfigError, match="data.caption_dropout"):
+        config(world, tmp_path / "bad", data={"caption_dropout": 1.0})
+    with pytest.raises(ConfigError, match="text-to-image"):
+        config(world, tmp_path / "bad", data={"caption_dropout": 0.1, "template": "edit"})

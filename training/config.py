@@ -44,6 +44,7 @@ class DataConfig:
     category_weights: dict = field(default_factory=dict)
     template: str = "t2i"             # t2i | edit | edit_plus (edit triples)
     max_text_tokens: int = 0          # 0: no cap
+    caption_dropout: float = 0.0      # share of samples trained on the empty prompt, so CFG works (e.g. 0.1)
 
 
 @dataclass
@@ -327,6 +328,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.mode: {cfg.train.mode!r} starts from random weights: set model.preset")
     if cfg.train.mode in ("full", "lora", "vae_decoder", *RL_MODES) and not cfg.model.path:
         raise ConfigError(f"train.mode: {cfg.train.mode!r} fine-tunes a checkpoint: set model.path")
+    if not 0.0 <= cfg.data.caption_dropout < 1.0:
+        raise ConfigError(f"data.caption_dropout: must be in [0, 1), got {cfg.data.caption_dropout!r}")
+    if cfg.data.caption_dropout and (cfg.train.mode not in ("pretrain", "full", "lora") or cfg.data.template != "t2i"):
+        raise ConfigError("data.caption_dropout: only for text-to-image training (train.mode pretrain, full or lora "
+                          f"with data.template = 't2i'), not mode {cfg.train.mode!r} / template {cfg.data.template!r}")
     if cfg.train.mode in ("vae", "vae_decoder"):
         _validate_vae(cfg)
     if cfg.train.mode in ("grpo", "nft"):

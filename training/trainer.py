@@ -26,6 +26,7 @@ from ..qwenimage_core.pipeline import QwenImage
 from ..qwenimage_core.transformer import QwenImageTransformer
 from .data.buckets import BucketBatchSampler, category_weights
 from .data.cache import CachedDataset, CacheSettings, build_cache, collate, missing
+from .data.caption_dropout import build_empty, drop_captions, empty_cache_path, load_empty
 from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
 from .config import Config, ConfigError, trains_lora
 from .data.dataset import load_samples
@@ -158,8 +159,13 @@ def stage_data(cfg: Config, stage, encoders: Encoders, accelerator):
         vae, te = encoders.get()
         build_cache(samples, cache_dir, settings, vae, te, device=None, progress=cfg.logging.progress,
                     on_error=cfg.data.on_error)
+    if accelerator.is_main_process and cfg.data.caption_dropout and not os.path.exists(
+            empty_cache_path(cache_dir, settings)):
+        build_empty(cache_dir, settings, encoders.get()[1])
     accelerator.wait_for_everyone()
     dataset = CachedDataset(samples, cache_dir, settings)
+    if cfg.data.caption_dropout:
+        dataset.empty_caption = load_empty(empty_cache_path(cache_dir, settings))
     if cfg.train.mode == "dpo":
         return pair_stage_data(cfg, dataset, samples, accelerator)
     samples = dataset.samples  # less any that could not be decoded when cached (on_error = "skip")
@@ -192,6 +198,8 @@ def run_cache(cfg: Config) -> int:
             vae, te = enc.get()
             n += build_cache(samples, cache_dir, settings, vae, te, device=None, progress=cfg.logging.progress,
                              on_error=cfg.data.on_error)
+        if cfg.data.caption_dropout and not os.path.exists(empty_cache_path(cache_dir, settings)):
+            build_empty(cache_dir, settings, enc.get()[1])
     return n
 
 
@@ -318,6 +326,8 @@ class Trainer:
                     for j in range(len(idx))]
             # image crops draw their place from the generators; cached samples are read as they are
             batch = dataset.batch(idx, gens) if hasattr(dataset, "batch") else collate([dataset[i] for i in idx])
+            if cfg.data.caption_dropout:  # some samples see the empty prompt: the unconditional CFG branch
+                batch = drop_captions(batch, dataset.empty_caption, cfg.data.caption_dropout, gens)
             batch = {k: (v.to(acc.device) if torch.is_tensor(v) else [r.to(acc.device) for r in v]
                          if isinstance(v, list) else v) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == ga - 1 else acc.no_sync(self.model)
