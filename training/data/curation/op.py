@@ -227,12 +227,15 @@ def build_op(table: Mapping) -> Op:
 
 def run_op(op: Op, items: Sequence[Item]) -> None:
     """Compute `op` on items (in batches), write its statistics into each record, and drop the ones it rejects.
-    An unreadable image drops the sample as "broken"; any other exception drops it naming the op."""
+    An unreadable image drops the sample as "broken"; any other exception drops it naming the op, except OpError:
+    a config error (a model that cannot be loaded) stops the run instead of dropping every sample."""
     live = [it for it in items if it.record.dropped is None]
     for i in range(0, len(live), max(1, op.batch_size)):
         batch = live[i:i + max(1, op.batch_size)]
         try:
             results = op.compute_batch(batch) if len(batch) > 1 else [_compute_one(op, batch[0])]
+        except OpError:
+            raise
         except Exception:   # a batch failed: retry one by one so one bad sample does not drop its neighbours
             results = [_compute_one(op, it) for it in batch]
         for it, stats in zip(batch, results):
@@ -255,6 +258,8 @@ def _compute_one(op: Op, item: Item):
         return op.compute(item)
     except Undecodable as e:
         return _Failure(f"broken: {e}")
+    except OpError:
+        raise
     except Exception as e:
         return _Failure(f"{op.name}: error: {type(e).__name__}: {e}")
 
