@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -149,7 +150,8 @@ def decode(data: bytes) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise Undecodable(f"decompression bomb: {e}") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files: all mean "broken"
-        raise Undecodable(f"not a readable image: {type(e).__name__}: {e}") from None
+        why = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))   # an address: differs run to run
+        raise Undecodable(f"not a readable image: {type(e).__name__}: {why}") from None
 
 
 # ------------------------------------------------------------------------------------------------ the ops
