@@ -8,6 +8,7 @@ from ..qwenimage_core.pipeline import encode_references
 from ..qwenimage_core.sampling import Conditioning
 from ..qwenimage_core.schedules import unpack_latents
 from ..qwenimage_core.vae import denormalize_latents
+from . import host
 from .sockets import CONDITIONING, TEXT_ENCODER, VAE, image_to_pil
 
 CATEGORY = "Qwen-Image/conditioning"
@@ -18,7 +19,7 @@ EDIT_TEMPLATES = {"edit_plus (Edit-2509/2511)": "edit_plus", "edit (Qwen-Image-E
 def _encode(text_encoder, text: str, template: str, images=None) -> Conditioning:
     if not isinstance(text, str):
         raise ValueError("text must be a string")
-    embeds, mask = text_encoder.encode([text], images=images, template=template)
+    embeds, mask = host.on_device(text_encoder).encode([text], images=images, template=template)
     return Conditioning(embeds.float().cpu(), None if mask is None else mask.cpu())
 
 
@@ -80,7 +81,7 @@ class QwenImageEditEncode:
         if tmpl == "edit" and len(images) != 1:
             raise ValueError(f"Qwen-Image-Edit takes exactly 1 reference image, got {len(images)}; use the "
                              "edit_plus template with an Edit-2509/2511 model for several")
-        refs = encode_references(vae, images, tmpl)
+        refs = encode_references(host.on_device(vae), images, tmpl)
         cond = _encode(text_encoder, prompt, tmpl, refs.vision)
         cond.references = refs
         _, h, w = refs.shapes[-1]

@@ -248,13 +248,17 @@ class ModelCache:
         st = os.stat(path)
         return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
 
-    def get(self, slot: str, key: tuple, load: Callable):
+    def get(self, slot: str, key: tuple, load: Callable, room: tuple | None = None):
+        """`room` = (bytes, device): inside ComfyUI, ask its memory manager for that much on the device before
+        loading, so it unloads its own models first (ours are not its ModelPatchers: it cannot see them)."""
         with self._lock:
             held = self._items.get(slot)
             if held is not None and held[0] == key:
                 return held[1]
         if held is not None:
             self.release(slot)
+        if room is not None:
+            make_room(*room)
         model = load()
         with self._lock:
             self._items[slot] = (key, model)
@@ -267,6 +271,24 @@ class ModelCache:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def offload(self, dev: torch.device) -> int:
+        """Move the cached models computing on `dev` (an accelerator) to CPU memory, to give the room to someone
+        else; each goes back on its next use (`on_device`). Models placing themselves (block swap) stay."""
+        dev, moved = torch.device(dev), 0
+        if dev.type == "cpu":
+            return 0
+        with self._lock:
+            models = [m for _, m in self._items.values()]
+        for m in models:
+            here = getattr(m, "device", None)
+            if getattr(m, "_block_swap", None) is None and here is not None and _same_device(torch.device(here), dev):
+                m.to("cpu")
+                m._qwenimage_home = torch.device(here)
+                moved += 1
+        if moved and dev.type == "cuda":
+            torch.cuda.empty_cache()
+        return moved
 
     def stats(self) -> dict:
         with self._lock:
@@ -286,3 +308,80 @@ def free_memory(unload_models: bool = True) -> None:
 
 def cache_stats() -> dict:
     return MODELS.stats()
+
+
+# ------------------------------------------------------------------------- sharing memory with ComfyUI
+# Inside ComfyUI our models are not ModelPatchers, so its memory manager cannot see them. Two hooks make them good
+# neighbours: before a loader loads, ComfyUI is asked for the file's size on our device (it unloads its own models);
+# when ComfyUI frees memory on that device (Unload Models, /free, or room for one of its own models) ours move to
+# CPU memory if the room is still short, and all of them on "unload all"; they come back on their next use.
+
+UNLOAD_ALL = 1e29   # ComfyUI's unload_all_models() asks free_memory for 1e30 bytes
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def _free_bytes(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        return float(torch.cuda.mem_get_info(dev)[0])
+    return float("inf")
+
+
+def weights_bytes(path: str) -> int:
+    """Bytes of a weights file, or of the .safetensors files under a folder (what loading it will take)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs
+               if f.endswith(WEIGHT_EXTS))
+
+
+def make_room(nbytes: float, dev) -> None:
+    """Ask ComfyUI to free `nbytes` on `dev` before we load there (outside ComfyUI, or on the CPU: nothing)."""
+    dev = torch.device(dev)
+    if IN_COMFYUI and dev.type != "cpu" and nbytes > 0:
+        _mm.free_memory(float(nbytes), dev)
+
+
+def on_device(model):
+    """A cached model offloaded for ComfyUI is moved back to its device before it computes (a no-op otherwise)."""
+    home = getattr(model, "_qwenimage_home", None)
+    if home is not None:
+        make_room(_model_bytes(model), home)
+        model.to(home)
+        model._qwenimage_home = None
+    return model
+
+
+def _model_bytes(model) -> int:
+    module = getattr(model, "model", model)  # the text encoder wraps its transformers model
+    params = getattr(module, "parameters", None)
+    return sum(p.numel() * p.element_size() for p in params()) if params else 0
+
+
+def _hooked_free_memory(original):
+    def free_memory(memory_required, device, *args, **kwargs):
+        out = original(memory_required, device, *args, **kwargs)
+        dev = torch.device(device)
+        if memory_required >= UNLOAD_ALL:
+            MODELS.offload(dev)
+            MODELS.release()
+        elif _free_bytes(dev) < memory_required:
+            MODELS.offload(dev)
+        return out
+    free_memory.__wrapped__, free_memory._qwenimage_hook = original, True
+    free_memory.__doc__ = original.__doc__
+    return free_memory
+
+
+def install_comfy_hooks() -> bool:
+    """Wrap comfy.model_management.free_memory (which its unload_all_models calls too) once; True if installed."""
+    original = getattr(_mm, "free_memory", None) if IN_COMFYUI else None
+    if original is None or getattr(original, "_qwenimage_hook", False):
+        return False
+    _mm.free_memory = _hooked_free_memory(original)
+    return True
+
+
+install_comfy_hooks()

@@ -3,6 +3,7 @@ folder giving all three, and a chainable LoRA loader. Loaded models are cached b
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -43,7 +44,9 @@ def _load_model(slot, path, weight_dtype, gpu_blocks=-1):
             t._block_swap = BlockSwap(t, min(gpu_blocks, len(t.transformer_blocks)), dev)
         return t
 
-    return host.MODELS.get(slot, (host.MODELS.stamp(path), weight_dtype, gpu_blocks), load)
+    src = os.path.join(path, "transformer") if os.path.isdir(path) else path  # a diffusers folder's own part
+    room = (host.weights_bytes(src), dev) if gpu_blocks < 0 else None
+    return host.MODELS.get(slot, (host.MODELS.stamp(path), weight_dtype, gpu_blocks), load, room)
 
 
 def _gpu_blocks_input():
@@ -96,7 +99,8 @@ class QwenImageTextEncoderLoader:
         path = host.model_path("text_encoders", clip_name)
         dev = "cpu" if device == "cpu" else host.device()
         key = (host.MODELS.stamp(path), device)
-        return (host.MODELS.get(f"te:{unique_id}", key, lambda: load_text_encoder(path, device=dev)),)
+        return (host.MODELS.get(f"te:{unique_id}", key, lambda: load_text_encoder(path, device=dev),
+                                (host.weights_bytes(path), dev)),)
 
 
 class QwenImageVAELoader:
@@ -117,7 +121,8 @@ class QwenImageVAELoader:
     def load(self, vae_name, unique_id=None):
         path = host.model_path("vae", vae_name)
         return (host.MODELS.get(f"vae:{unique_id}", (host.MODELS.stamp(path),),
-                                lambda: load_vae(path, device=host.device())),)
+                                lambda: load_vae(path, device=host.device()),
+                                (host.weights_bytes(path), host.device())),)
 
 
 class QwenImageDiffusersLoader:
@@ -143,9 +148,11 @@ class QwenImageDiffusersLoader:
         dtype = WEIGHT_DTYPES[weight_dtype][0]
         model = _load_model(f"dmodel:{unique_id}", folder, weight_dtype, gpu_blocks)
         te = host.MODELS.get(f"dte:{unique_id}", (stamp, weight_dtype),
-                             lambda: load_text_encoder(folder, device=host.device(), dtype=dtype))
+                             lambda: load_text_encoder(folder, device=host.device(), dtype=dtype),
+                             (host.weights_bytes(os.path.join(folder, "text_encoder")), host.device()))
         vae = host.MODELS.get(f"dvae:{unique_id}", (stamp, weight_dtype),
-                              lambda: load_vae(folder, device=host.device(), dtype=dtype))
+                              lambda: load_vae(folder, device=host.device(), dtype=dtype),
+                              (host.weights_bytes(os.path.join(folder, "vae")), host.device()))
         return (QwenModel(model), te, vae)
 
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..qwenimage_core.lora import apply_loras, default_mode
+from . import host
 
 MODEL = "QWENIMAGE_MODEL"
 TEXT_ENCODER = "QWENIMAGE_TEXT_ENCODER"
@@ -32,7 +33,7 @@ class QwenModel:
 
     @contextlib.contextmanager
     def patched(self):
-        t = self.transformer
+        t = host.on_device(self.transformer)  # back from CPU memory if ComfyUI needed the room
         applied = getattr(t, "_node_loras", ((), None))
         if applied[0] != self.loras:
             if applied[1] is not None:

@@ -6,6 +6,7 @@ import contextlib
 import torch
 
 from ..qwenimage_core.images import check_size
+from . import host
 from .sockets import VAE, image_to_pixels, latent_samples, pixels_to_image
 
 CATEGORY = "Qwen-Image/vae"
@@ -57,6 +58,7 @@ class QwenImageVAEDecode:
 
     @torch.no_grad()
     def decode(self, vae, samples, tiled, tile_size, overlap):
+        vae = host.on_device(vae)
         z = latent_samples(samples, "samples")
         with _tiling(vae, tiled, tile_size, overlap):
             pixels = vae.decode(z.to(vae.device, vae.dtype))
@@ -85,6 +87,7 @@ class QwenImageVAEEncode:
     def encode(self, vae, pixels, tiled, tile_size, overlap):
         if pixels.dim() != 4:
             raise ValueError(f"pixels: expected an IMAGE [B, H, W, C], got shape {list(pixels.shape)}")
+        vae = host.on_device(vae)
         check_size(int(pixels.shape[2]), int(pixels.shape[1]), "image")
         with _tiling(vae, tiled, tile_size, overlap):
             z = vae.encode(image_to_pixels(pixels).to(vae.device, vae.dtype)).mode()

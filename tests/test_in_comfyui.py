@@ -55,6 +55,9 @@ def _comfy(monkeypatch, tmp_path):
     mm.interrupt_current_processing = lambda v=True: None
     mm.processing_interrupted = lambda: False
     mm.throw_exception_if_processing_interrupted = lambda: None
+    state["freed"] = []
+    mm.free_memory = lambda memory_required, device, keep_loaded=[]: state["freed"].append((memory_required, device))
+    mm.unload_all_models = lambda: mm.free_memory(1e30, mm.get_torch_device())  # as ComfyUI's own does
 
     class ProgressBar:
         def __init__(self, total):
@@ -135,3 +138,49 @@ def test_previews_follow_comfyuis_preview_method(comfy):
     sent = state["bars"][-1]
     assert [(p[0], p[2]) for p in sent] == [("JPEG", 256)] * 2
     assert all(p[1].size == (64, 64) for p in sent)  # a PIL image of the latent, as ComfyUI's hook expects
+
+
+class FakeGPUModel:
+    """A model that says it computes on cuda:0 and records where it is moved (no GPU needed)."""
+
+    def __init__(self):
+        self.device, self.moves = torch.device("cuda", 0), []
+
+    def parameters(self):
+        return [torch.zeros(256)]  # 1 KiB of weights
+
+    def to(self, device):
+        self.device = torch.device(device)
+        self.moves.append(str(self.device))
+        return self
+
+
+def test_our_models_give_comfyui_the_room_it_asks_for(comfy, monkeypatch):
+    """ComfyUI cannot see our models (they are not its ModelPatchers): its free_memory (which Unload Models and
+    /free call through unload_all_models) moves ours to CPU memory when the room is short and drops our cache on
+    "unload all"; a model moved away comes back on its next use, after asking ComfyUI for the room; a loader asks
+    ComfyUI for the file's size before loading."""
+    module, models, state = comfy
+    host = sys.modules[module.__name__ + ".nodes.host"]
+    mm = sys.modules["comfy.model_management"]
+    assert mm.free_memory._qwenimage_hook and not host.install_comfy_hooks()  # wrapped once
+    fake = host.MODELS.get("test:gpu", ("k",), FakeGPUModel)
+    monkeypatch.setattr(host, "_free_bytes", lambda dev: 0.0)  # the device is full
+    state["freed"].clear()
+    mm.free_memory(1024, torch.device("cuda", 0))
+    assert state["freed"] == [(1024, torch.device("cuda", 0))]  # ComfyUI's own freeing still runs
+    assert fake.moves == ["cpu"] and "test:gpu" in host.MODELS.stats()
+    mm.free_memory(1024, torch.device("cuda", 1))  # another device: ours stay where they are
+    assert fake.moves == ["cpu"]
+    assert host.on_device(fake) is fake and fake.moves == ["cpu", "cuda:0"]
+    assert state["freed"][-1] == (1024, torch.device("cuda", 0))  # asked for its room before moving back
+    host.on_device(fake)
+    assert fake.moves == ["cpu", "cuda:0"]  # already home: nothing moves
+    asked = []
+    with monkeypatch.context() as m:
+        m.setattr(host, "make_room", lambda nbytes, dev: asked.append((nbytes, dev)))
+        module.NODE_CLASS_MAPPINGS["QwenImageVAELoader"]().load(FILES["vae"], unique_id="room")
+    assert asked == [(os.path.getsize(models / "vae" / FILES["vae"]), torch.device("cpu"))]
+    monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("cuda", 0))
+    mm.unload_all_models()
+    assert fake.moves == ["cpu", "cuda:0", "cpu"] and host.MODELS.stats() == {}
