@@ -1,0 +1,274 @@
+"""Curation spine: sources (folder, manifest, tar), pipeline config and overrides, the sharded engine (local pool,
+Ray, resume, global ops), outputs and the HTML report. Toy ops registered here stand in for the real families."""
+import io
+import json
+import os
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qwenimage.training.data.curation import engine, pipeline as pl
+from qwenimage.training.data.curation.op import GlobalOp, Op, register
+from qwenimage.training.data.curation.sources import read_inputs
+
+
+@register("toy_size")
+class ToySize(Op):
+    stats = ("width", "height", "short_side")
+
+    def compute(self, item):
+        w, h = item.pil.size
+        return {"width": w, "height": h, "short_side": min(w, h)}
+
+
+@register("toy_luma")
+class ToyLuma(Op):
+    stats = ("toy_luma",)
+    calls = 0
+    stop_after = None   # raise a KeyboardInterrupt at this call: a run killed halfway
+
+    def compute(self, item):
+        type(self).calls += 1
+        if self.stop_after is not None and type(self).calls > self.stop_after:
+            raise KeyboardInterrupt
+        return {"toy_luma": float(item.gray.mean())}
+
+
+@register("toy_caption")
+class ToyCaption(Op):
+    stats = ("caption_empty",)
+    default_drop_if = {"caption_empty": True}
+
+    def compute(self, item):
+        return {"caption_empty": not (item.caption or "").strip()}
+
+
+@register("toy_dup")
+class ToyDup(GlobalOp):
+    """Same colour bucket = duplicate; the first key of a bucket is kept."""
+    stats = ("toy_bucket",)
+
+    def compute(self, item):
+        return {"toy_bucket": int(np.asarray(item.small).reshape(-1, 3).mean(0).round().astype(int) @ [65536, 256, 1])}
+
+    def decide_all(self, records):
+        first, out = {}, {}
+        for r in records:
+            b = r.stats["toy_bucket"]
+            if b in first:
+                out[r.key] = f"exact duplicate of {first[b]}"
+            else:
+                first[b] = r.key
+        return out
+
+
+def _png(color, size=(40, 32)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _raw(**over):
+    raw = {"name": "toy", "shard_size": 3, "stage": [
+        {"name": "s1", "title": "size and duplicates", "ops": [
+            {"op": "toy_size", "keep": {"short_side": [24, float("inf")]}}, {"op": "toy_dup"}]},
+        {"name": "s2", "ops": [{"op": "toy_luma", "keep": {"toy_luma": [0.05, 0.95]}}, {"op": "toy_caption"}]}]}
+    raw.update(over)
+    return raw
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A folder, a manifest and a tar, each with good samples and bad ones."""
+    root = tmp_path / "raw"
+    (root / "cats").mkdir(parents=True)
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (120, 120, 40), (60, 140, 160), (150, 60, 150)]
+    for i, c in enumerate(colors):
+        (root / f"img{i}.png").write_bytes(_png(c))
+        (root / f"img{i}.txt").write_text(f"a picture number {i}")
+    (root / "cats" / "cat.png").write_bytes(_png((90, 90, 90)))
+    (root / "cats" / "cat.json").write_text(json.dumps({"caption": "a grey cat", "source_url": "x"}))
+    (root / "zdup.png").write_bytes(_png((200, 30, 30)))              # duplicate of img0
+    (root / "zdup.txt").write_text("the same red")
+    (root / "black.png").write_bytes(_png((0, 0, 0)))                # too dark
+    (root / "black.txt").write_text("night")
+    (root / "tiny.png").write_bytes(_png((10, 100, 200), (16, 16)))  # too small
+    (root / "tiny.txt").write_text("tiny")
+    (root / "nocap.png").write_bytes(_png((20, 180, 90)))            # no caption
+    (root / "trunc.png").write_bytes(_png((1, 2, 3))[:60])           # truncated
+    (root / "trunc.txt").write_text("cut")
+    (root / "text.png").write_bytes(b"this is not an image")         # not an image
+    (root / "text.txt").write_text("words")
+    (root / "badside.png").write_bytes(_png((5, 60, 5)))
+    (root / "badside.json").write_text("{not json")                  # malformed caption sidecar
+
+    man = tmp_path / "list.jsonl"
+    (tmp_path / "m.png").write_bytes(_png((250, 200, 20)))
+    man.write_text("\n".join([json.dumps({"image": "m.png", "caption": "yellow", "category": "flat", "weight": 2.0,
+                                          "origin": "web"}),
+                              "{broken json",
+                              json.dumps({"caption": "no image field"}),
+                              json.dumps({"image": "missing.png", "caption": "gone"})]) + "\n")
+
+    tar = tmp_path / "shard.tar"
+    with tarfile.open(tar, "w") as tf:
+        for name, data in [("a/0001.png", _png((10, 220, 220))), ("a/0001.txt", b"cyan"),
+                           ("a/0002.png", _png((220, 120, 10))[:50]), ("a/0002.txt", b"cut member"),
+                           ("a/0003.png", _png((100, 20, 60))), ("a/0003.json", json.dumps({"caption": "wine"}).encode())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return [root, man, tar]
+
+
+EXPECTED_BAD = {  # key suffix -> reason fragment: every bad file is listed with its reason
+    "trunc.png": "broken", "text.png": "broken", "badside.png": "source: caption", "list.jsonl:2": "source: json",
+    "list.jsonl:3": "source: row", "missing.png": "broken", "0002.png": "broken", "tiny.png": "toy_size: short_side",
+    "zdup.png": "toy_dup: exact duplicate of", "black.png": "toy_luma: toy_luma", "nocap.png": "toy_caption"}
+
+
+def _run(data, out, **kw):
+    return engine.curate(data, str(out), pl.load_pipeline(kw.pop("raw", _raw())), progress=False, **kw)
+
+
+def test_sources_read_every_kind_and_name_bad_rows(data):
+    recs = {os.path.basename(r.key): r for r in read_inputs(data)}
+    assert recs["cat.png"].caption == "a grey cat"
+    assert recs["cat.png"].meta == {"category": "cats", "source_url": "x"}
+    assert recs["m.png"].meta == {"category": "flat", "weight": 2.0, "origin": "web"}
+    assert recs["0003.png"].caption == "wine" and recs["0003.png"].image.endswith("shard.tar::a/0003.png")
+    assert recs["nocap.png"].caption is None
+    assert recs["list.jsonl:2"].dropped.startswith("source: json: line 2")
+    assert "image" in recs["list.jsonl:3"].dropped
+    assert [r.key for r in read_inputs(data)] == sorted(r.key for r in read_inputs(data))
+
+
+def test_bad_files_are_dropped_listed_and_counted(data, tmp_path):
+    out = tmp_path / "out"
+    totals = _run(data, out, workers=1)
+    dropped = {os.path.basename(d["key"]): d for d in map(json.loads, open(out / "dropped.jsonl"))}
+    for name, why in EXPECTED_BAD.items():
+        assert why in dropped[name]["reason"], (name, dropped[name])
+    assert len(dropped) == len(EXPECTED_BAD)
+    assert dropped["black.png"]["stage"] == "s2" and dropped["zdup.png"]["stage"] == "s1"
+    rows = [json.loads(line) for line in open(out / "manifest.jsonl")]
+    assert len(rows) == totals["kept"] == 10
+    by_name = {os.path.basename(r["image"]): r for r in rows}
+    assert by_name["m.png"]["weight"] == 2.0 and by_name["m.png"]["category"] == "flat"
+    assert by_name["cat.png"]["category"] == "cats" and by_name["img1.png"]["category"] == "default"
+    assert by_name["0001.png"]["image"] == os.path.join("images", "shard", "a", "0001.png")
+    assert (out / "images" / "shard" / "a" / "0001.png").read_bytes() == _png((10, 220, 220))
+    assert set(by_name["img1.png"]["stats"]) == {"width", "height", "short_side", "toy_bucket", "toy_luma",
+                                                 "caption_empty"}
+    # counts: the funnel adds up, per op by reason class
+    s1, s2 = totals["stages"]
+    assert totals["source"]["dropped"] == 3 and totals["source"]["reasons"]["source json"] == 1
+    assert s1["in"] == totals["records"] - 3 and s1["kept"] == s2["in"] and s2["kept"] == totals["kept"]
+    size, dup = s1["ops"]
+    assert size["reasons"] == {"broken": 4, "short_side < 24": 1} and dup["reasons"] == {"exact duplicate": 1}
+    assert s2["ops"][0]["reasons"] == {"toy_luma < 0.05": 1} and s2["ops"][1]["reasons"] == {"caption_empty": 1}
+    assert json.load(open(out / "counts.json")) == totals
+
+
+def test_manifest_loads_in_the_trainer(data, tmp_path):
+    from qwenimage.training.data.dataset import load_samples
+
+    _run(data, tmp_path / "out", workers=1)
+    samples = load_samples(tmp_path / "out" / "manifest.jsonl", min_size=16, on_error="error")
+    assert len(samples) == 10 and {s.category for s in samples} >= {"cats", "flat", "default"}
+
+
+def test_workers_one_two_and_ray_write_the_same_manifest(data, tmp_path, monkeypatch):
+    for w in (1, 2):
+        _run(data, tmp_path / f"w{w}", workers=w)
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the toy ops travel to Ray's workers
+    try:
+        _run(data, tmp_path / "ray", workers=2, ray=True)
+    finally:
+        ray.shutdown()
+    one = (tmp_path / "w1" / "manifest.jsonl").read_bytes()
+    assert one.count(b"\n") == 10
+    for other in ("w2", "ray"):
+        assert (tmp_path / other / "manifest.jsonl").read_bytes() == one, other
+        assert (tmp_path / other / "counts.json").read_bytes() == (tmp_path / "w1" / "counts.json").read_bytes()
+        assert (tmp_path / other / "dropped.jsonl").read_bytes() == (tmp_path / "w1" / "dropped.jsonl").read_bytes()
+
+
+def test_a_killed_run_resumes_without_redoing_finished_shards(data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    ToyLuma.calls = 0
+    monkeypatch.setattr(ToyLuma, "stop_after", 4)
+    with pytest.raises(KeyboardInterrupt):
+        _run(data, out, workers=1)
+    finished = sorted((out / "shards" / "p1").glob("*.jsonl"))
+    assert finished and not (out / "manifest.jsonl").exists()
+    mtimes = {p: p.stat().st_mtime_ns for p in finished}
+    monkeypatch.setattr(ToyLuma, "stop_after", None)
+    ToyLuma.calls = 0
+    _run(data, out, workers=1)
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())   # not rewritten
+    done_live = sum(1 for p in finished for r in engine.read_shard(str(p))[0] if "toy_luma" in r.stats)
+    assert ToyLuma.calls == 12 - done_live   # 12 samples reach toy_luma; the finished shards' are not measured again
+    _run(data, tmp_path / "fresh", workers=1)
+    assert (out / "manifest.jsonl").read_bytes() != b""
+    assert (out / "counts.json").read_bytes() == (tmp_path / "fresh" / "counts.json").read_bytes()
+    # a rerun with another pipeline refuses the old shards instead of mixing them in
+    with pytest.raises(engine.CurationError, match="shard_size"):
+        _run(data, out, workers=1, shard_size=5)
+
+
+def test_global_op_decides_after_every_shard_before_later_ops(data, tmp_path):
+    """toy_dup sits mid-pipeline: the duplicate found across shards is dropped before toy_luma measures it."""
+    ToyLuma.calls = 0
+    totals = _run(data, tmp_path / "out", workers=1, raw=_raw(shard_size=2))
+    dup = {json.loads(line)["key"]: json.loads(line) for line in open(tmp_path / "out" / "dropped.jsonl")}
+    d = next(v for k, v in dup.items() if k.endswith("zdup.png"))
+    assert "toy_luma" not in d["stats"] and d["reason"].endswith("img0.png")
+    assert ToyLuma.calls == totals["stages"][1]["in"] == totals["stages"][0]["kept"]
+
+
+def test_report_has_funnel_histograms_thresholds_and_samples(data, tmp_path):
+    _run(data, tmp_path / "out", workers=1)
+    page = (tmp_path / "out" / "report.html").read_text()
+    for stat in ("short_side", "toy_luma", "width"):
+        assert f"<h3>{stat}</h3><svg" in page
+    assert page.count('class="threshold"') == 3   # short_side >= 24 (inf not drawn); toy_luma's two bounds
+    assert "data:image/jpeg;base64," in page and "unreadable" in page
+    assert "toy_luma &lt; 0.05" in page and "exact duplicate of" in page
+
+
+def test_config_errors_name_file_stage_and_op(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[stage]]\nname = "s1"\nops = [{ op = "toy_size" }, { op = "toy_luma", keep = { lum = [0, 1] } }]\n')
+    with pytest.raises(pl.PipelineError, match=r"bad.toml: stage 's1', op 2 \(toy_luma\): .*no statistic 'lum'"):
+        pl.load_pipeline(str(bad))
+    bad.write_text('[[stage]]\nname = "s1"\nops = [{ op = "nope" }]\n')
+    with pytest.raises(pl.PipelineError, match=r"stage 's1', op 1 \(nope\): unknown curation op 'nope'"):
+        pl.load_pipeline(str(bad))
+    bad.write_text('shards = 3\n[[stage]]\nname = "s1"\nops = []\n')
+    with pytest.raises(pl.PipelineError, match="bad.toml: unknown option 'shards'"):
+        pl.load_pipeline(str(bad))
+    bad.write_text('[[stage]]\nname = "s1"\nops = [{ op = "toy_size", keep = { short_side = 3 } }]\n')
+    with pytest.raises(pl.PipelineError, match=r"op 1 \(toy_size\): .*keep.short_side must be \[lo, hi\]"):
+        pl.load_pipeline(str(bad))
+    with pytest.raises(pl.PipelineError, match="no such file, and no preset"):
+        pl.load_pipeline("no_such_preset")
+
+
+def test_overrides_and_skips(tmp_path):
+    p = pl.load_pipeline(_raw(), ["toy_luma.keep.toy_luma=[0.1, 0.9]", "s1.toy_size.keep.short_side=[8, 100]",
+                                  "shard_size=7"], ["toy_caption"])
+    assert p.shard_size == 7
+    assert p.stages[1].ops[0].keep == {"toy_luma": (0.1, 0.9)} and len(p.stages[1].ops) == 1
+    assert p.stages[0].ops[0].keep == {"short_side": (8.0, 100.0)}
+    assert [len(ph) for ph in p.phases()] == [2, 1]
+    assert [s.name for s in pl.load_pipeline(_raw(), skip=["s2"]).stages] == ["s1"]
+    with pytest.raises(pl.PipelineError, match=r"--set nsfw.model=x: no op 'nsfw'"):
+        pl.load_pipeline(_raw(), ["nsfw.model=x"])
+    with pytest.raises(pl.PipelineError, match="--skip s1.toy_luma: no op 's1.toy_luma'"):
+        pl.load_pipeline(_raw(), skip=["s1.toy_luma"])
