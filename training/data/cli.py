@@ -43,4 +43,5 @@ def register_cli(sub) -> None:
                    help="read back N images per kind and language with OCR; table -> <output>/quality.json")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_synth)
+    from .curation.cli import register as _curate; _curate(data)  # data curate
 

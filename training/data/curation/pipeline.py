@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import copy
 import os
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 from dataclasses import dataclass, field
 
-from ...config import ConfigError, load_raw, parse_override
+from ...config import ConfigError, parse_override
 from .op import GlobalOp, Op, build_op
 
 PRESETS = os.path.join(os.path.dirname(__file__), "presets")
@@ -85,10 +90,11 @@ def load_pipeline(name_or_path="report", overrides=(), skip=()) -> Pipeline:
         source, raw = "<dict>", copy.deepcopy(name_or_path)
     else:
         source = resolve(os.fspath(name_or_path))
-        try:
-            raw = load_raw(source)
-        except ConfigError as e:
-            raise PipelineError(str(e)) from None
+        try:   # not config.load_raw: a one-sided bound is [lo, inf], and that refuses infinities
+            with open(source, "rb") as fh:
+                raw = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as e:
+            raise PipelineError(f"{source}: not valid TOML: {e}") from None
     raw = apply_skip(apply_overrides(raw, overrides, source), skip, source)
     return build(raw, source)
 

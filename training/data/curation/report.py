@@ -31,7 +31,7 @@ def write_report(out: str, pipeline: Pipeline, records, totals: dict) -> str:
              "<h2>Funnel</h2>", funnel_table(totals),
              "<h2>Statistics</h2><p>Kept samples blue, dropped grey (by any op); red lines: an op's keep range.</p>",
              *histograms(pipeline, records), categorical(records),
-             "<h2>Dropped samples</h2>", dropped_samples(records)]
+             "<h2>Dropped samples</h2>", dropped_samples(records, [st.name for st in pipeline.stages])]
     path = os.path.join(out, "report.html")
     write_text(path, PAGE.replace("BODY", "\n".join(parts)))
     return path
@@ -138,13 +138,15 @@ def thumbnail(image: str) -> str | None:
         return None
 
 
-def dropped_samples(records) -> str:
+def dropped_samples(records, stages: list[str]) -> str:
+    """Up to SAMPLES_PER_OP thumbnails per (stage, op), in pipeline order."""
     by_op: dict[tuple, list] = {}
     for r in records:
         if r.dropped is not None:
             by_op.setdefault((r.stage, r.dropped.partition(":")[0]), []).append(r)
+    order = {name: i for i, name in enumerate(["source", *stages])}
     out = []
-    for (stage, op), rs in by_op.items():
+    for (stage, op), rs in sorted(by_op.items(), key=lambda kv: order.get(kv[0][0], len(order))):
         cells = []
         for r in rs[:SAMPLES_PER_OP]:
             uri = thumbnail(r.image) if r.stage != "source" else None
