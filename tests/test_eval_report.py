@@ -80,7 +80,8 @@ def test_reports_of_one_run(tmp_path):
 
 def test_comparison_lines_up_prompts_and_seeds(tmp_path):
     a = make_run(tmp_path, "base", ROWS_A)
-    b = make_run(tmp_path, "lora", ROWS_B)
+    Image.new("RGB", (8, 8), "white").save(tmp_path / "source.png")   # an edit input, by absolute path
+    b = make_run(tmp_path, "lora", ROWS_B[:3] + [{**ROWS_B[3], "inputs": [str(tmp_path / "source.png")]}])
     paths = write_reports(a, compare_dir=b)
     assert paths["compare"] == str(tmp_path / "cvtg" / "compare_base_vs_lora.html")
     for page_path in (paths["html"], paths["compare"]):
@@ -92,6 +93,7 @@ def test_comparison_lines_up_prompts_and_seeds(tmp_path):
         p2 = next(r for r in rows if "p2 #0</code>" in r)
         p4 = next(r for r in rows if "p4 #0</code>" in r)
         assert p2.count(">missing<") == 3 and p4.count(">missing<") == 3   # its image and both metrics
+        assert "source.png' alt='input'" in p4
         p1 = next(r for r in rows if "p1 #0</code>" in r)
         assert "-0.25" in p1 and "+0.05" in p1    # deltas: lora - base
         for src in re.findall(r"<img[^>]* src='([^']+)'", page):

@@ -191,9 +191,8 @@ def compare(run_a, run_b, out_html) -> str:
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0 20px}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}td.t,th.t{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:10px;margin-bottom:18px}figure{margin:0;width:200px;font-size:12px}
-figure img{max-width:200px;max-height:200px;display:block;background:#eee}.up{color:#080}.down{color:#b00}
-.missing{color:#b00;font-style:italic}.pair{display:flex;gap:6px}.pair img{max-width:160px;max-height:160px}
-code{font-size:12px}"""
+img{width:160px;height:160px;object-fit:contain;display:block;background:#eee}figure img{width:200px;height:200px}
+.up{color:#080}.down{color:#b00}.missing{color:#b00;font-style:italic}code{font-size:12px}"""
 
 
 def _e(text) -> str:
@@ -214,6 +213,15 @@ def _img(run_dir: str, row: dict, base: str) -> str:
         return "<div class='missing'>no image</div>"
     src = os.path.relpath(os.path.join(run_dir, row["image"]), base).replace(os.sep, "/")
     return f"<img loading='lazy' src='{_e(src)}' alt='{_e(row['id'])}'>"
+
+
+def _input(run_dir: str, row: dict, base: str) -> str:
+    """The first edit input of a row (a path relative to the run folder, or absolute), as a thumbnail."""
+    first = next(iter(row.get("inputs") or ()), None)
+    if not first:
+        return ""
+    src = os.path.relpath(os.path.join(run_dir, os.fspath(first)), base).replace(os.sep, "/")
+    return f"<img loading='lazy' src='{_e(src)}' alt='input'>"
 
 
 def _caption(row: dict, limit: int = 160) -> str:
@@ -284,8 +292,9 @@ def _comparison(a, b, base: str) -> str:
     index_a = {(str(r["id"]), int(r.get("k", 0))): r for r in a_rows}
     index_b = {(str(r["id"]), int(r.get("k", 0))): r for r in b_rows}
     keys = list(index_a) + [k for k in index_b if k not in index_a]
-    head = ("<tr><th class='t'>prompt</th><th class='t'>seed</th>"
-            f"<th class='t'>{_e(ta)}</th><th class='t'>{_e(tb)}</th>"
+    inputs = any(r.get("inputs") for r in a_rows + b_rows)
+    head = ("<tr><th class='t'>prompt</th><th class='t'>seed</th>" + ("<th class='t'>input</th>" if inputs else "")
+            + f"<th class='t'>{_e(ta)}</th><th class='t'>{_e(tb)}</th>"
             + "".join(f"<th>{_e(m)}<br>{_e(ta)}</th><th>{_e(m)}<br>{_e(tb)}</th><th>delta</th>" for m in names)
             + "</tr>")
     lines = []
@@ -293,6 +302,8 @@ def _comparison(a, b, base: str) -> str:
         ra, rb = index_a.get(key), index_b.get(key)
         row = ra or rb
         cells = [f"<td class='t'>{_caption(row, 240)}</td><td class='t'>{_e(row.get('seed', ''))}</td>"]
+        if inputs:
+            cells.append(f"<td class='t'>{_input(a_dir if ra else b_dir, row, base)}</td>")
         for r, d in ((ra, a_dir), (rb, b_dir)):
             cells.append(f"<td class='t'>{_img(d, r, base) if r else '<span class=missing>missing</span>'}</td>")
         for m in names:
