@@ -1,0 +1,100 @@
+"""Text in the image, from OCR (the report's fourth stage: the language split, the Intensive Text and Small
+Character filters). rapidocr's PP-OCR detector (shipped in its wheel: offline) finds the text lines; the recognizer,
+optional, reads them for the language split. Through training/rewards/ocr.py's engine, one per process."""
+from __future__ import annotations
+
+import unicodedata
+
+import cv2
+import numpy as np
+
+from ..op import Item, Op, OpError, register
+
+INF = float("inf")
+# The detector pads each line's box (DB's unclip). Measured on rendered text with glyphs 6..37 px high: box height
+# = 1.25 x glyph height + 5 px (of the detection scale), within ~1 px; inverted, it estimates the glyphs' height.
+BOX_SLOPE, BOX_PAD_PX = 1.25, 5.0
+# A squat "line" taller than half the image is the detector mistaking grain or a gradient for text (seen on grainy
+# photos: one box over most of the image); real lines are long, or lower (a one-word banner is long, not squat).
+MAX_LINE_SHARE, MIN_LINE_ASPECT = 0.5, 2.0
+
+
+@register("ocr_text")
+class OcrText(Op):
+    """text_boxes: text lines found (0 = no text); text_area: their boxes' share of the image (0..1; a poster title
+    ~0.05, a page of text 0.5 and more); min_char_height: the smallest line's glyph height in stored pixels
+    (estimated from its box; None without text). With `recognize = true` also ocr_text (what is read, lines joined
+    with spaces), text_chars (its characters but spaces) and text_language ("zh", "en", "other"; "none" without
+    text); otherwise those are None (text_language is "none" still when nothing is found). Defaults drop
+    text-dense images (text_area > 0.5) and glyphs under 8 px, too small to learn their shapes from (an image
+    without text passes both). Options: recognize (false), threads (1: the engines run a process per core),
+    det_side_len (1024: detection scales larger images down to it)."""
+
+    stats = ("text_boxes", "text_area", "min_char_height", "text_chars", "text_language", "ocr_text")
+    default_keep = {"text_area": (0.0, 0.5), "min_char_height": (8.0, INF)}
+    TEXT_ONLY = ("min_char_height", "text_chars")   # undefined without text: their rules pass an image with none
+
+    def __init__(self, recognize: bool = False, threads: int = 1, det_side_len: int = 1024, **kw):
+        super().__init__(**kw)
+        self.recognize = bool(recognize)
+        needs = sorted(s for s in ("text_chars", "text_language", "ocr_text") if s in {*self.keep, *self.drop_if})
+        if needs and not self.recognize:
+            raise OpError(f"op 'ocr_text': a rule on {', '.join(needs)} needs recognize = true (detection alone "
+                          f"does not read the text)")
+        self.engine = dict(threads=int(threads), det_side_len=int(det_side_len), use_cls=False)
+
+    def compute(self, item: Item) -> dict:
+        from ....rewards.ocr import ocr_engine
+        im = item.pil
+        out = ocr_engine(**self.engine)(im, use_det=True, use_cls=False, use_rec=self.recognize)
+        boxes = [] if out.boxes is None else [np.asarray(b, dtype=np.float32) for b in out.boxes]
+        keep = [_is_line(cv2.minAreaRect(b)[1], im.size) for b in boxes]
+        boxes = [b for b, k in zip(boxes, keep) if k]
+        texts = [t for t, k in zip(out.txts or (), keep) if k] if self.recognize else []
+        stats = {"text_boxes": len(boxes),
+                 "text_area": min(1.0, sum(cv2.contourArea(b) for b in boxes) / (im.width * im.height)),
+                 "min_char_height": char_height(min(min(cv2.minAreaRect(b)[1]) for b in boxes), im.size,
+                                                self.engine["det_side_len"]) if boxes else None,
+                 "text_chars": None, "text_language": "none" if not boxes else None, "ocr_text": None}
+        if self.recognize:
+            text = " ".join(texts)
+            stats.update(ocr_text=text, text_chars=sum(not c.isspace() for c in text),
+                         text_language=text_language(text))
+        return stats
+
+    def decide(self, stats):
+        if not stats.get("text_boxes"):
+            stats = {**stats, **{s: self.keep[s][0] for s in self.TEXT_ONLY if s in self.keep}}
+        return super().decide(stats)
+
+
+def _is_line(box_size, image_size) -> bool:
+    short, long = sorted(box_size)
+    return short <= MAX_LINE_SHARE * min(image_size) or long >= MIN_LINE_ASPECT * short
+
+
+def char_height(box_height: float, size: tuple[int, int], det_side_len: int) -> float:
+    """Glyph height in stored pixels from a detected line box's height (BOX_SLOPE, BOX_PAD_PX)."""
+    scale = max(1.0, max(size) / det_side_len)   # the detector saw the image scaled down by this
+    return max(0.0, box_height - BOX_PAD_PX * scale) / BOX_SLOPE
+
+
+def text_language(text: str) -> str:
+    """"zh", "en", "other" or "none" by counting scripts: Han characters against Latin letters, a Han character
+    weighing as much as three letters (a word's worth: "复杂文本渲染 Complex Rendering" is "zh"); kana and Hangul
+    (as much as Han: Japanese mixes Han and kana) and other letters, or digits alone, are "other"; no letters or
+    digits at all is "none"."""
+    han = latin = other = 0
+    for c in text:
+        if "\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" or "\uf900" <= c <= "\ufaff":
+            han += 1
+        elif "\u3040" <= c <= "\u30ff" or "\uac00" <= c <= "\ud7af":   # kana, Hangul syllables
+            other += 3
+        elif c.isalpha() and (c.isascii() or "LATIN" in unicodedata.name(c, "")):
+            latin += 1
+        elif c.isalnum():
+            other += 1
+    if not han + latin + other:
+        return "none"
+    scores = {"zh": 3 * han, "en": latin, "other": other}
+    return max(scores, key=scores.get)
