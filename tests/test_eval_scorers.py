@@ -43,7 +43,7 @@ def test_text_rules_on_strings():
     assert text_scores("Visit EVExpo2023.com", ["Visit EVExpo2023.com for details"], "longtext")["word_accuracy"] == 0.5
     zh = text_scores("中央公园2公里", ["中央公园 - 2公里"], "longtext")
     assert zh["word_accuracy"] == zh["char_accuracy"] == 1.0
-    assert text_scores("本地烘", ["本地烘焙，始于1998"], "longtext")["word_accuracy"] == 0.3  # 3 of 10 characters
+    assert text_scores("本地烘", ["本地烘焙，始于1998"], "longtext")["word_accuracy"] == 0.3  # 3 of 10 chars
     # ChineseWord: character-level accuracy.
     assert text_scores("龍", ["龍鳳"], "chineseword")["char_accuracy"] == 0.5
     assert text_scores("", ["OPEN"], "quoted") == {"word_accuracy": 0.0, "char_accuracy": 0.0, "ned": 0.0}
@@ -138,8 +138,8 @@ def test_answer_parsing():
 
 
 def test_geneval_questions_and_the_dependency_rule():
-    qs = geneval_questions({"tag": "position", "include": [{"class": "banana", "count": 1},
-                                                           {"class": "elephant", "count": 1, "position": ["right of", 0]}]})
+    qs = geneval_questions({"tag": "position", "include": [
+        {"class": "banana", "count": 1}, {"class": "elephant", "count": 1, "position": ["right of", 0]}]})
     assert [q["question"] for q in qs] == ["Is there a banana in the image?", "Is there an elephant in the image?",
                                            "Is the elephant right of the banana?"]
     assert qs[2]["depends"] == [2, 1]

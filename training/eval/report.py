@@ -188,7 +188,8 @@ def compare(run_a, run_b, out_html) -> str:
 
 # ------------------------------------------------------------------------------------------------------- HTML
 
-CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0 20px}
+CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
+table{border-collapse:collapse;margin:8px 0 20px}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}td.t,th.t{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:10px;margin-bottom:18px}figure{margin:0;width:200px;font-size:12px}
 img{width:160px;height:160px;object-fit:contain;display:block;background:#eee}figure img{width:200px;height:200px}

@@ -5,8 +5,8 @@ VGG16 features + LPIPS's lin layers from one safetensors file; no torchvision, n
 The target is metadata["target"] (a path or a PIL image). The generated image is resized (Lanczos) to the target's
 size when they differ: the ground truth fixes the resolution the numbers are measured at. PSNR of identical images
 is infinite; it is reported as PSNR_CAP = 100 dB, which keeps means and JSON finite. Differences almost that small
-are capped too (one 8-bit level off in one pixel of a 512x512 image is ~102 dB): 100 means identical in practice. A missing or unreadable target
-is a recorded failure for that image (`fn.failures`), not a stopped evaluation."""
+are capped too (one 8-bit level off in one pixel of a 512x512 image is ~102 dB): 100 means identical in practice.
+A missing or unreadable target is a recorded failure for that image (`fn.failures`), not a stopped evaluation."""
 from __future__ import annotations
 
 import math

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from .base import RewardError
 from .http import encode_png, post_json
-from .vlm_judge import CHAT, IMAGE_PAD, VLMJudge
+from .vlm_judge import VLMJudge
 
 
 class JudgeUnavailable(RuntimeError):
@@ -23,8 +23,8 @@ class JudgeUnavailable(RuntimeError):
 
 
 class LocalVLM:
-    """Qwen2.5-VL through transformers, loaded by vlm_judge.VLMJudge (no torchvision); several images go into one
-    user turn, in order, before the question. Greedy first; retries sample (VLMJudge.answer)."""
+    """Qwen2.5-VL through transformers, loaded and asked by vlm_judge.VLMJudge (no torchvision); several images
+    go into one user turn, in order, before the question. Greedy first; retries sample (VLMJudge.answer)."""
 
     def __init__(self, model: str, max_new_tokens: int = 64, min_pixels: int = 256 * 28 * 28,
                  max_pixels: int = 768 * 28 * 28, device: str = "cpu", dtype: str = "bfloat16",
@@ -33,33 +33,19 @@ class LocalVLM:
                             max_pixels=max_pixels, device=device, dtype=dtype, offline=offline)
 
     def inputs(self, images, question: str) -> dict:
-        import torch
-
-        vlm = self.vlm
-        vision = vlm.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
-        grids = torch.as_tensor(vision["image_grid_thw"])
-        pads = "".join("<|vision_start|>" + IMAGE_PAD * int(g.prod() // vlm.image_processor.merge_size ** 2)
-                       + "<|vision_end|>" for g in grids)
-        # CHAT wraps one image's tokens in vision_start/end; here every image brings its own pair.
-        text = CHAT.replace("<|vision_start|>{image}<|vision_end|>", "{image}").format(image=pads, question=question)
-        tok = vlm.tokenizer([text], return_tensors="pt")
-        inputs = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
-                  "pixel_values": torch.as_tensor(vision["pixel_values"]).to(vlm.model.dtype), "image_grid_thw": grids}
-        if vlm.pass_token_types:
-            inputs["mm_token_type_ids"] = (tok["input_ids"] == vlm.image_token_id).long()
-        return {k: v.to(vlm.device) for k, v in inputs.items()}
+        return self.vlm.chat_inputs(images, question)
 
     def ask(self, images, question: str, attempt: int) -> str:
         return self.vlm.answer(self.inputs(images, question), attempt)
 
 
 class OpenAIEndpoint:
-    """POST {model, messages: [user: images as PNG data URIs, then the question]} to an OpenAI-compatible chat
+    """POST {messages: [user: images as PNG data URIs, then the question], model} to an OpenAI-compatible chat
     completions URL; the answer is choices[0].message.content. The key, if any, is read from the environment
     variable named by `api_key_env` (never from a config file)."""
 
-    def __init__(self, endpoint: str, model_name: str = "", api_key_env: str | None = None, timeout: float = 120.0,
-                 max_tokens: int = 256, temperature: float = 1.0):
+    def __init__(self, endpoint: str, model_name: str | None = None, api_key_env: str | None = None,
+                 timeout: float = 120.0, max_tokens: int = 256, temperature: float = 1.0):
         self.url, self.model_name, self.timeout = endpoint, model_name, float(timeout)
         self.max_tokens, self.temperature = int(max_tokens), float(temperature)
         self.headers = {}
@@ -73,9 +59,10 @@ class OpenAIEndpoint:
     def ask(self, images, question: str, attempt: int) -> str:
         content = [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + encode_png(im.convert("RGB"))}}
                    for im in images] + [{"type": "text", "text": question}]
-        payload = {"model": self.model_name, "messages": [{"role": "user", "content": content}],
-                   "max_tokens": self.max_tokens, "temperature": 0.0 if attempt == 0 else self.temperature,
-                   "seed": attempt}
+        payload = {"messages": [{"role": "user", "content": content}], "max_tokens": self.max_tokens,
+                   "temperature": 0.0 if attempt == 0 else self.temperature, "seed": attempt}
+        if self.model_name:  # left out when not given: a server of one model may not need it, hosted APIs do
+            payload["model"] = self.model_name
         try:
             reply = post_json(self.url, payload, self.timeout, self.headers)
         except RewardError as e:  # timeout, HTTP error, unreachable, not JSON: said by post_json
@@ -92,7 +79,7 @@ class Judge:
     ready `backend` with `ask(images, question, attempt) -> str`. `ask` returns (value, None) or (None, reason)."""
 
     def __init__(self, model: str | None = None, endpoint: str | None = None, backend=None, *, retries: int = 2,
-                 model_name: str = "", api_key_env: str | None = None, timeout: float = 120.0,
+                 model_name: str | None = None, api_key_env: str | None = None, timeout: float = 120.0,
                  max_new_tokens: int = 64, temperature: float = 1.0, min_pixels: int = 256 * 28 * 28,
                  max_pixels: int = 768 * 28 * 28, device: str = "cpu", dtype: str = "bfloat16", offline: bool = False):
         if sum(x is not None for x in (model, endpoint, backend)) != 1:

@@ -76,13 +76,18 @@ class VLMJudge:
                          f"{len(answers)} answers for prompt {prompt[:60]!r}; last answer: {answers[-1][:200]!r}")
 
     def inputs(self, image, prompt: str) -> dict:
+        return self.chat_inputs([image], self.question.format(prompt=prompt, max_score=int(self.max_score)))
+
+    def chat_inputs(self, images, question: str) -> dict:
+        """Model inputs for one user turn: the images in order (each between its vision start/end tokens), then
+        the question (edit judging shows the source and the edited image together)."""
         import torch
 
-        vision = self.image_processor(images=[image.convert("RGB")], return_tensors="pt")
+        vision = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
         grid = torch.as_tensor(vision["image_grid_thw"])
-        n = int(grid.prod() // self.image_processor.merge_size ** 2)
-        question = self.question.format(prompt=prompt, max_score=int(self.max_score))
-        tok = self.tokenizer([CHAT.format(image=IMAGE_PAD * n, question=question)], return_tensors="pt")
+        pads = "<|vision_end|><|vision_start|>".join(
+            IMAGE_PAD * int(g.prod() // self.image_processor.merge_size ** 2) for g in grid)
+        tok = self.tokenizer([CHAT.format(image=pads, question=question)], return_tensors="pt")
         inputs = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
                   "pixel_values": torch.as_tensor(vision["pixel_values"]).to(self.model.dtype),
                   "image_grid_thw": grid}
