@@ -37,6 +37,7 @@ def register_cli(sub) -> None:
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(fn=cmd_cache)
     from .data.cli import register_cli as _data_cli; _data_cli(sub)  # qwenimage data synth (curate, annotate)
+    from .eval.cli import register_cli as _eval_cli; _eval_cli(sub)  # qwenimage eval SUITE --model ...
 
 
 def main(argv=None) -> int:
