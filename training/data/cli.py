@@ -44,4 +44,5 @@ def register_cli(sub) -> None:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_synth)
     from .curation.cli import register as _curate; _curate(data)  # data curate
+    from .annotate_cli import register as _annotate_balance; _annotate_balance(data)  # data annotate, data balance
 
