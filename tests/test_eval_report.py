@@ -87,6 +87,8 @@ def test_comparison_lines_up_prompts_and_seeds(tmp_path):
     for page_path in (paths["html"], paths["compare"]):
         page = open(page_path, encoding="utf-8").read()
         assert "<script>" not in page
+        by_cat = page.split("<td class='t'>3 regions</td>")[-1].split("</tr>")[0]   # the comparison's category row
+        assert "<td>0</td><td>0.75</td><td class='up'>+0.75</td>" in by_cat
         side = page.split("Side by side")[1]
         rows = side.split("<tr>")[2:]
         assert len(rows) == 5   # p1#0, p1#1, p2#0 (only in base), p3#0, p4#0 (only in lora)
@@ -94,6 +96,7 @@ def test_comparison_lines_up_prompts_and_seeds(tmp_path):
         p4 = next(r for r in rows if "p4 #0</code>" in r)
         assert p2.count(">missing<") == 3 and p4.count(">missing<") == 3   # its image and both metrics
         assert "source.png' alt='input'" in p4
+        assert "<td title='text_rendering: no target text'><span class=missing>failed</span></td>" in p2
         p1 = next(r for r in rows if "p1 #0</code>" in r)
         assert "-0.25" in p1 and "+0.05" in p1    # deltas: lora - base
         for src in re.findall(r"<img[^>]* src='([^']+)'", page):

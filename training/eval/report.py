@@ -271,6 +271,18 @@ def _grids(run_dir: str, rows, base: str) -> str:
     return "<h2>Worst and best images</h2>" + "".join(out) if out else ""
 
 
+def _cell(row: dict | None, m: str) -> str:
+    """A row's value of metric m; "missing" when the run has no such row; "failed" with its reason on hover."""
+    if row is None:
+        return "<td><span class=missing>missing</span></td>"
+    v = row.get("metrics", {}).get(m)
+    if v is not None:
+        return f"<td>{_fmt(v)}</td>"
+    fails = row.get("failures") or {}
+    reason = fails.get(m) or "; ".join(f"{k}: {r}" for k, r in fails.items())
+    return f"<td title='{_e(reason)}'><span class=missing>failed</span></td>" if reason else "<td>–</td>"
+
+
 def _delta(m: str, a, b) -> str:
     if a is None or b is None:
         return "<td>–</td>"
@@ -290,6 +302,17 @@ def _comparison(a, b, base: str) -> str:
              + "".join(f"<tr><td class='t'>{_e(m)}</td><td>{_fmt(sa['overall'].get(m))}</td>"
                        f"<td>{_fmt(sb['overall'].get(m))}</td>{_delta(m, sa['overall'].get(m), sb['overall'].get(m))}"
                        "</tr>" for m in names) + "</table>")
+    cats = list(sa["by_category"]) + [c for c in sb["by_category"] if c not in sa["by_category"]]
+    if cats and cats != [""]:
+        table += ("<table><tr><th class='t'>category</th>"
+                  + "".join(f"<th>{_e(m)}<br>{_e(ta)}</th><th>{_e(m)}<br>{_e(tb)}</th><th>delta</th>" for m in names)
+                  + "</tr>")
+        for c in cats:
+            va, vb = sa["by_category"].get(c, {}), sb["by_category"].get(c, {})
+            table += (f"<tr><td class='t'>{_e(c or '(none)')}</td>"
+                      + "".join(f"<td>{_fmt(va.get(m))}</td><td>{_fmt(vb.get(m))}</td>{_delta(m, va.get(m), vb.get(m))}"
+                                for m in names) + "</tr>")
+        table += "</table>"
     index_a = {(str(r["id"]), int(r.get("k", 0))): r for r in a_rows}
     index_b = {(str(r["id"]), int(r.get("k", 0))): r for r in b_rows}
     keys = list(index_a) + [k for k in index_b if k not in index_a]
@@ -310,8 +333,7 @@ def _comparison(a, b, base: str) -> str:
         for m in names:
             va = ra.get("metrics", {}).get(m) if ra else None
             vb = rb.get("metrics", {}).get(m) if rb else None
-            cells.append(f"<td>{_fmt(va) if ra else '<span class=missing>missing</span>'}</td>"
-                         f"<td>{_fmt(vb) if rb else '<span class=missing>missing</span>'}</td>{_delta(m, va, vb)}")
+            cells.append(f"{_cell(ra, m)}{_cell(rb, m)}{_delta(m, va, vb)}")
         lines.append("<tr>" + "".join(cells) + "</tr>")
     return (f"<h2>Comparison: {_e(ta)} vs {_e(tb)}</h2>{table}"
             f"<h3>Side by side (same prompt and seed; delta = {_e(tb)} - {_e(ta)})</h3>"
