@@ -9,8 +9,8 @@ Answers are read as {"score": [a, b], ...} (VIEScore's format), "score = [a, b]"
 is asked again, then recorded as a failure for that image. The source image is metadata["source"] (a path, or
 the first of metadata["inputs"]); the instruction is metadata["instruction"], else the prompt.
 
-GEdit-Bench's published numbers come from GPT-4.1 as the judge; with Qwen2.5-VL (the GEdit authors' open
-alternative) or another model the values are comparable between models judged alike, not with the paper's table."""
+GEdit-Bench's published numbers (the Qwen-Image report's too) come from GPT-4.1 as the judge; with Qwen2.5-VL or
+another judge the values compare models judged alike, not with the published tables."""
 from __future__ import annotations
 
 import math
