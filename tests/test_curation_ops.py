@@ -4,6 +4,7 @@ EXIF-rotated, a QR code, a barcode, duplicates, truncated bytes, a decompression
 images that must pass."""
 import glob
 import io
+import json
 import struct
 import zlib
 
@@ -89,6 +90,8 @@ def test_every_op_is_registered_with_its_statistics():
         build_op({"op": "luma", "keep": {"brightness": [0, 1]}})
     with pytest.raises(OpError, match=r"op 'compression': unknown option\(s\) quality"):
         build_op({"op": "compression", "quality": 5})
+    with pytest.raises(OpError, match=r"op 'compression': crop must be a whole number of pixels >= 64"):
+        build_op({"op": "compression", "crop": 8})
 
 
 def test_broken_decodes_fully_and_drops_truncated_or_non_images(photo):
@@ -170,6 +173,7 @@ def test_a_clean_photo_passes_every_quality_op(fmt):
     assert 3.5 < s["clarity"] < 7 and 0.4 < s["luma"] < 0.7 and s["dark_fraction"] == s["bright_fraction"] == 0
     assert 0.3 < s["saturation"] < 0.6 and 6.5 < s["entropy"] <= 8 and s["texture"] < 0.1
     assert 0.9 < s["blockiness"] < 1.1
+    json.dumps(s, allow_nan=False)   # plain numbers: the manifest is JSON lines
 
 
 def test_quality_ops_drop_the_images_made_to_fail_them():

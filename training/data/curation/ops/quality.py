@@ -9,7 +9,7 @@ import math
 import cv2
 import numpy as np
 
-from ..op import Item, Op, register
+from ..op import Item, Op, OpError, register
 
 INF = float("inf")
 
@@ -72,7 +72,8 @@ class Entropy(Op):
     default_keep = {"entropy": (2.0, INF)}
 
     def compute(self, item: Item) -> dict:
-        counts = np.bincount(np.asarray(item.small).ravel(), minlength=256)
+        values = np.asarray(item.small).reshape(-1, 1)
+        counts = cv2.calcHist([values], [0], None, [256], [0, 256]).ravel()   # ~10x np.bincount's speed
         p = counts[counts > 0] / counts.sum()
         return {"entropy": float(-(p * np.log2(p)).sum()) + 0.0}   # + 0.0: -0.0 for a one-colour image
 
@@ -96,30 +97,36 @@ class Compression(Op):
     """blockiness: JPEG's 8x8 block artefacts, as the mean absolute step between neighbouring pixels across the 8x8
     grid's lines divided by the mean step everywhere else (both directions). 1.0 is no grid (any PNG, a JPEG at
     quality >= ~80); heavy compression (quality <= ~20) scores ~1.5..3 and more. Read on the stored pixels (the grid
-    vanishes once resized), in a centred crop of at most `crop` pixels a side."""
+    vanishes once resized), in a centred crop of at most `crop` (512) pixels a side: 4096 blocks are plenty."""
 
     stats = ("blockiness",)
     default_keep = {"blockiness": (0.0, 1.4)}
 
-    def __init__(self, crop: int = 1024, **kw):
+    def __init__(self, crop: int = 512, **kw):
         super().__init__(**kw)
-        self.crop = int(crop) // 8 * 8
+        if isinstance(crop, bool) or not isinstance(crop, int) or crop < 64:
+            raise OpError(f"op 'compression': crop must be a whole number of pixels >= 64, got {crop!r}")
+        self.crop = crop // 8 * 8
 
     def compute(self, item: Item) -> dict:
         im = item.pil
         cw, ch = min(im.width, self.crop), min(im.height, self.crop)
         x0, y0 = (im.width - cw) // 16 * 8, (im.height - ch) // 16 * 8   # keep the crop on the 8x8 grid
-        g = np.asarray(im.crop((x0, y0, x0 + cw, y0 + ch)).convert("L"), dtype=np.float32)
-        return {"blockiness": _block_ratio(np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0)))}
+        g = np.asarray(im.crop((x0, y0, x0 + cw, y0 + ch)).convert("L"))
+        return {"blockiness": block_ratio(g)}
 
 
-def _block_ratio(dx: np.ndarray, dy: np.ndarray) -> float:
-    """dx[:, j] is the step from column j to j+1: a grid line when j % 8 == 7."""
-    on = [dx[:, 7::8], dy[7::8, :]]
-    on_sum, on_n = sum(float(a.sum()) for a in on), sum(a.size for a in on)
-    if on_n == 0:
-        return 1.0   # smaller than one block: no grid to see
-    off_n = dx.size + dy.size - on_n
-    off_sum = float(dx.sum()) + float(dy.sum()) - on_sum
+def block_ratio(g: np.ndarray) -> float:
+    """Mean |step| across the 8x8 grid's lines over the mean |step| elsewhere, for a uint8 gray image whose (0, 0)
+    is a block's corner. The whole-image sums run in OpenCV (no float copy); the grid's are 1/8 of the pixels."""
+    h, w = g.shape
+    if min(h, w) < 2 or max(h, w) < 9:
+        return 1.0   # no grid line inside: nothing to see
+    all_sum = cv2.norm(g[:, 1:], g[:, :-1], cv2.NORM_L1) + cv2.norm(g[1:], g[:-1], cv2.NORM_L1)
+    all_n = h * (w - 1) + (h - 1) * w
+    on_x = np.abs(g[:, 8::8].astype(np.int16) - g[:, 7:-1:8])
+    on_y = np.abs(g[8::8].astype(np.int16) - g[7:-1:8])
+    on_sum, on_n = float(on_x.sum()) + float(on_y.sum()), on_x.size + on_y.size
+    off_sum, off_n = all_sum - on_sum, all_n - on_n
     eps = 0.5   # a flat image (both ~0) reads as no grid rather than 0/0
-    return (on_sum / on_n + eps) / (off_sum / max(off_n, 1) + eps)
+    return (on_sum / max(on_n, 1) + eps) / (off_sum / max(off_n, 1) + eps)
