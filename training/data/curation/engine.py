@@ -172,8 +172,13 @@ def local_map(steps: list[Step], tasks, workers: int):
 
     # fork where there is one: the workers inherit the built ops (and toy ops registered by a test) unpickled
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(min(workers, len(tasks)), _init_worker, (steps,)) as pool:
+    pool = ctx.Pool(min(workers, len(tasks)), _init_worker, (steps,))
+    try:
         yield from pool.imap_unordered(_pool_shard, tasks)
+        pool.close()   # done: let the workers exit on their own
+    finally:
+        pool.terminate()   # a no-op after close(); on an error or an interrupt, stops the rest
+        pool.join()
 
 
 # ------------------------------------------------------------------------------------------------ the run
