@@ -38,7 +38,7 @@ def row(id, k, category, acc, ned, prompt="a poster", failures=None):
 
 ROWS_A = [row("p1", 0, "2 regions", 1.0, 0.9), row("p1", 1, "2 regions", 0.5, 0.7),
           row("p2", 0, "3 regions", None, None, failures={"text_rendering": "no target text"}),
-          row("p3", 0, "3 regions", 0.0, 0.2, prompt=EVIL)]
+          {**row("p3", 0, "3 regions", 0.0, 0.2, prompt=EVIL), "details": {"text_rendering": {"read": "<b>SALE"}}}]
 ROWS_B = [row("p1", 0, "2 regions", 0.75, 0.95), row("p1", 1, "2 regions", 0.5, 0.6),
           row("p3", 0, "3 regions", 0.5, 0.4, prompt=EVIL), row("p4", 0, "3 regions", 1.0, 1.0)]
 
@@ -74,6 +74,7 @@ def test_reports_of_one_run(tmp_path):
     assert "<h2>Scores</h2>" in page and "<h2>By category</h2>" in page and "3 / 4" in page
     assert "word_accuracy: worst" in page and "ned: best" in page and "text_rendering: 1 image(s)" in page
     assert "not JSON" in page   # the problems are in the report
+    assert "&quot;read&quot;: &quot;&lt;b&gt;SALE&quot;" in page   # a row's details, escaped
     for src in re.findall(r"<img[^>]* src='([^']+)'", page):
         assert os.path.isfile(os.path.join(run, src)), src
 

@@ -3,7 +3,8 @@
 images per metric, and with a second run the two models side by side per prompt and seed).
 
 A run directory is OUT/<suite>/<model_tag>/ with run.json, images/ and results.jsonl (one row per image: id, k,
-prompt, category, seed, image (relative path), inputs, metrics {name: float | null}, failures {name: reason}).
+prompt, category, seed, image (relative path), inputs, metrics {name: float | null}, failures {name: reason}, and
+optionally details {scorer: what it said}: shown folded under the image).
 Means are over the values present (null is a recorded failure, counted, not averaged as 0). A row that is not
 JSON or lacks its id is listed under "problems" in every report and skipped; the report is still written. A row
 repeated for the same (id, k) (a resumed run) counts once, the last one.
@@ -188,7 +189,7 @@ def compare(run_a, run_b, out_html) -> str:
 
 # ------------------------------------------------------------------------------------------------------- HTML
 
-CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
+CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}pre{white-space:pre-wrap;font-size:11px}
 table{border-collapse:collapse;margin:8px 0 20px}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}td.t,th.t{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:10px;margin-bottom:18px}figure{margin:0;width:200px;font-size:12px}
@@ -231,6 +232,14 @@ def _caption(row: dict, limit: int = 160) -> str:
     return f"<code>{_e(row['id'])} #{_e(row.get('k', 0))}</code> <span title='{_e(prompt)}'>{_e(short)}</span>"
 
 
+def _details(row: dict) -> str:
+    """What the scorers said about the image (a row's optional "details": OCR read-back, judge answers), folded."""
+    if not row.get("details"):
+        return ""
+    text = json.dumps(row["details"], ensure_ascii=False, indent=1)
+    return f"<details><summary>details</summary><pre>{_e(text[:2000])}</pre></details>"
+
+
 def _problems(problems) -> str:
     if not problems:
         return ""
@@ -266,7 +275,7 @@ def _grids(run_dir: str, rows, base: str) -> str:
         scored.sort(key=lambda r: r["metrics"][m], reverse=m in LOWER_IS_BETTER)  # worst first
         for label, part in (("worst", scored[:GRID]), ("best", scored[::-1][:GRID])):
             cards = "".join(f"<figure>{_img(run_dir, r, base)}<figcaption><b>{_fmt(r['metrics'][m])}</b> "
-                            f"{_caption(r)}</figcaption></figure>" for r in part)
+                            f"{_caption(r)}{_details(r)}</figcaption></figure>" for r in part)
             out.append(f"<h3>{_e(m)}: {label}</h3><div class='grid'>{cards}</div>")
     return "<h2>Worst and best images</h2>" + "".join(out) if out else ""
 
