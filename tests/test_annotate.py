@@ -142,6 +142,7 @@ def test_annotate_manifest_retries_records_failures_and_resumes(annotator, tmp_p
     assert r["caption_raw"] == "raw good caption" and r["caption_split"] == "recaption"
     assert r["caption"] == r["caption_recaption"] == 'A red poster that says "SALE" in white letters.'
     assert r["caption_fused"] == r["caption_recaption"] + " raw good caption" and r["weight"] == 2.0
+    assert r["image"] == "../good.png"          # relative to the output's folder, as the trainer resolves it
     fails = {json.loads(line)["key"].rsplit("/", 1)[-1]: json.loads(line)
              for line in (tmp_path / "out" / "ann.failures.jsonl").read_text().splitlines()}
     assert fails["never.png"]["answer"] == "no json here 2"
@@ -153,8 +154,12 @@ def test_annotate_manifest_retries_records_failures_and_resumes(annotator, tmp_p
     # A run killed mid-write left a torn line: it is cut off and that row done again; failures can be redone.
     text = out.read_text().splitlines(keepends=True)
     out.write_text(text[0] + text[1][:20])
-    counts = A.annotate_manifest(str(src), str(out), annotator, batch=1, progress=False, redo_failures=True, limit=2)
-    assert counts["annotated"] == 1 and counts["failed"] == 1 and calls[0] == (0, 1)
+    counts = A.annotate_manifest(str(src), str(out), annotator, batch=1, progress=False, redo_failures=True)
+    assert counts == {"done": 1, "annotated": 1, "failed": 2, "skipped_bad_rows": 0}
+    assert calls == [(0, 1), (1, 1), (2, 1), (0, 1), (1, 1)]    # never.png three times, then retry.png twice
+    assert len((tmp_path / "out" / "ann.failures.jsonl").read_text().splitlines()) == 2   # not listed twice
+    assert A.annotate_manifest(str(src), str(tmp_path / "l.jsonl"), annotator, progress=False, limit=1) == \
+        {"done": 0, "annotated": 0, "failed": 1, "skipped_bad_rows": 0}             # bad.png comes first by key
     assert [json.loads(line)["key"] == rows[i]["key"] for i, line in enumerate(out.read_text().splitlines())] == \
         [True, True]
 
@@ -172,3 +177,19 @@ def test_data_annotate_command(annotator, tiny_vl, tmp_path, monkeypatch, capsys
     monkeypatch.undo()
     assert main(["data", "annotate", str(src), "--out", str(out), "--model", str(tmp_path / "nope"), "--offline"]) == 2
     assert "error: Qwen2.5-VL annotator tokenizer" in (err := capsys.readouterr().err) and "no such folder" in err
+
+
+def test_fused_caption_by_the_fuse_prompt(annotator, tmp_path, monkeypatch):
+    asked = []
+
+    def generate(images, questions, attempt):
+        asked.extend(q.split("\n")[0] for q in questions)
+        return ["A poster saying \"SALE\" by stock.com." if q.startswith("# Caption Fusion") else GOOD
+                for q in questions]
+    monkeypatch.setattr(annotator, "generate", generate)
+    monkeypatch.setattr(annotator, "fuse", "model")
+    src, out = _manifest(tmp_path, ("good",)), tmp_path / "f.jsonl"
+    A.annotate_manifest(str(src), str(out), annotator, progress=False, ratios="fused=1")
+    row = json.loads(out.read_text())
+    assert asked == ["# Image Annotator", "# Caption Fusion"]
+    assert row["caption"] == row["caption_fused"] == 'A poster saying "SALE" by stock.com.'

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import io
 import json
 import os
 import re
 import sys
-import tarfile
 from dataclasses import dataclass, field
 
 ANNOTATOR_PROMPT = """# Image Annotator
@@ -210,16 +208,11 @@ def caption_splits(row: dict, ann: Annotation, key: str, ratios: dict[str, float
 # ------------------------------------------------------------------------------------------------ the model
 
 def read_image(path: str):
-    """A manifest's image as RGB PIL: a file, or "ARCHIVE.tar::MEMBER" (a webdataset tar's member)."""
-    from PIL import Image
+    """A manifest's image as RGB PIL, fully decoded (decompression bombs refused): a file or a tar member."""
+    from .curation.op import decode
+    from .curation.sources import read_bytes
 
-    if "::" in path and not os.path.exists(path):
-        archive, member = path.split("::", 1)
-        with tarfile.open(archive) as tf:
-            data = tf.extractfile(member).read()
-        return Image.open(io.BytesIO(data)).convert("RGB")
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    return decode(read_bytes(path))
 
 
 class Annotator:
@@ -351,27 +344,58 @@ def _append(path: str, rows: list[dict]) -> None:
             os.fsync(fh.fileno())
 
 
+def relative_paths(row: dict, out_dir: str) -> dict:
+    """The row with its image and references relative to the output folder (the trainer resolves them against
+    it); a path on another drive stays absolute."""
+    def rel(p):
+        try:
+            return os.path.relpath(p, out_dir)
+        except ValueError:
+            return p
+    row = {**row, "image": rel(row["image"])}
+    if row.get("references"):
+        row["references"] = [rel(p) for p in row["references"]]
+    return row
+
+
+def _drop_keys(path: str, keys: set[str]) -> None:
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        lines = [line for line in fh if line.strip() and json.loads(line).get("key") not in keys]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+    os.replace(tmp, path)
+
+
 def row_key(row: dict) -> str:
     return str(row.get("key") or row["image"])
 
 
-def read_rows(manifest: str) -> tuple[list[dict], list[str]]:
-    """Rows of a JSONL manifest (or a folder of images + .txt captions), images as absolute paths; bad rows named."""
-    from .dataset import _folder_rows, _manifest_rows
+def read_rows(source: str, out_dir: str) -> tuple[list[dict], list[str]]:
+    """Rows of a JSONL manifest, an image folder or a webdataset tar (read as `qwenimage data curate` reads them),
+    as the trainer's manifest rows with their curation key; a tar's member is extracted under OUT_DIR/images.
+    Rows that cannot be samples come back as "key: why" problems."""
+    from .curation.engine import manifest_row
+    from .curation.sources import read_inputs
 
-    manifest = os.path.abspath(manifest)
-    if os.path.isdir(manifest):
-        rows, problems = _folder_rows(manifest, ".txt", captions=False)
-    elif os.path.isfile(manifest):
-        rows, problems = _manifest_rows(manifest, os.path.dirname(manifest), captions=False)
-    else:
-        raise FileNotFoundError(f"manifest not found: {manifest}")
-    out = []
-    for _, row in rows:
-        if not row.get("references"):
-            row.pop("references", None)
-        out.append(row)
-    return out, problems
+    rows, problems = [], []
+    for r in read_inputs([source]):
+        if r.dropped:
+            problems.append(f"{r.key}: {r.dropped}")
+            continue
+        try:
+            row = manifest_row(out_dir, r)
+        except OSError as e:   # a tar member that cannot be extracted
+            problems.append(f"{r.key}: unreadable: {e}")
+            continue
+        row["stats"] = {**(r.meta.get("stats") or {}), **r.stats}   # a curated manifest keeps its statistics
+        if not row["stats"]:
+            del row["stats"]
+        row["image"] = os.path.join(out_dir, row["image"])    # absolute; a writer makes it relative to its output
+        rows.append({"key": r.key, **row})
+    return rows, problems
 
 
 def annotate_manifest(manifest: str, out: str, annotator, *, batch: int = 4, ratios=None, limit: int = 0,
@@ -379,16 +403,20 @@ def annotate_manifest(manifest: str, out: str, annotator, *, batch: int = 4, rat
     """Annotate every row of `manifest` not yet in `out` (nor in its failures file, unless redo_failures), in
     batches; returns counts {"done", "annotated", "failed", "skipped_bad_rows"}."""
     ratios = parse_ratios(ratios or DEFAULT_RATIOS)
-    rows, problems = read_rows(manifest)
+    out_dir = os.path.dirname(os.path.abspath(out))
+    os.makedirs(out_dir, exist_ok=True)
+    rows, problems = read_rows(manifest, out_dir)
     for p in problems:
         print(f"skipping {p}", file=sys.stderr)
-    os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
     fail_path = failures_path(out)
     done = _done_keys(out) | (set() if redo_failures else _done_keys(fail_path))
     todo = [r for r in rows if row_key(r) not in done]
+    already = len(rows) - len(todo)
     if limit:
         todo = todo[:limit]
-    counts = {"done": len(rows) - len(todo), "annotated": 0, "failed": 0, "skipped_bad_rows": len(problems)}
+    if redo_failures:   # the rows tried again leave the failures file; they come back if they fail again
+        _drop_keys(fail_path, {row_key(r) for r in todo})
+    counts = {"done": already, "annotated": 0, "failed": 0, "skipped_bad_rows": len(problems)}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -396,6 +424,7 @@ def annotate_manifest(manifest: str, out: str, annotator, *, batch: int = 4, rat
     for start in range(0, len(todo), max(1, batch)):
         chunk = todo[start:start + max(1, batch)]
         good, bad = _annotate_batch(annotator, chunk, ratios)
+        good = [relative_paths(r, out_dir) for r in good]
         _append(out, good)
         _append(fail_path, bad)
         counts["annotated"] += len(good)

@@ -340,10 +340,12 @@ def balance(manifest: str, out_dir: str, *, top_n: int = 0, rank_by="aesthetic",
             keep_categories: bool = False) -> dict:
     """Categorise, keep the best `top_n` per category (0: all), weight the categories; writes OUT/manifest.jsonl,
     OUT/category_weights.toml, OUT/counts.csv and returns the counts table."""
-    from .annotate import read_rows
+    from .annotate import read_rows, relative_paths
 
     tax = Taxonomy.load(taxonomy, min_text_chars)
-    rows, problems = read_rows(manifest)
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    rows, problems = read_rows(manifest, out_dir)
     for p in problems:
         print(f"skipping {p}", file=sys.stderr)
     if not rows:
@@ -360,15 +362,8 @@ def balance(manifest: str, out_dir: str, *, top_n: int = 0, rank_by="aesthetic",
     counts = Counter(r["category"] for r in kept)
     shares = category_shares(dict(counts), parse_target(target) if isinstance(target, str) else target, max_boost)
     table = counts_table(rows, kept, shares)
-    os.makedirs(out_dir, exist_ok=True)
-    out_dir = os.path.abspath(out_dir)
-    for r in kept:
-        r["image"] = _rel(r["image"], out_dir)
-        if r.get("references"):
-            r["references"] = [_rel(p, out_dir) for p in r["references"]]
-        r.setdefault("weight", 1.0)
     _write(os.path.join(out_dir, "manifest.jsonl"),
-           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+           "".join(json.dumps(relative_paths(r, out_dir), ensure_ascii=False) + "\n" for r in kept))
     _write(os.path.join(out_dir, "category_weights.toml"), weights_toml(shares))
     _write(os.path.join(out_dir, "counts.csv"), format_csv(table))
     return {"rows": len(rows), "kept": len(kept), "skipped_bad_rows": len(problems), "table": table,
@@ -398,15 +393,6 @@ def format_table(table: list[dict]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)) for r in table]
     return "\n".join(lines)
-
-
-def _rel(path: str, out_dir: str) -> str:
-    """A path relative to the output folder (the trainer resolves manifest paths against it), kept absolute when
-    it is on another drive or a tar member."""
-    try:
-        return os.path.relpath(path, out_dir) if "::" not in path else path
-    except ValueError:
-        return path
 
 
 def _write(path: str, text: str) -> None:
