@@ -266,16 +266,21 @@ def test_dedup_keeps_the_largest_copy_and_names_it():
             build_op({"op": "dedup", "hamming": bad})
 
 
-def test_near_pairs_match_brute_force_across_blocks(monkeypatch):
+@pytest.mark.parametrize("small_set", [10**9, 0])   # every pair blockwise; pigeonhole chunks
+@pytest.mark.parametrize("hamming", [4, 12])            # 12: chunks too short, every pair again
+def test_near_pairs_match_brute_force(small_set, hamming, monkeypatch):
     rng = np.random.default_rng(0)
-    h = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64)
+    h = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64) * np.uint64(2)
     h[50] = h[10] ^ np.uint64(0b10110)      # 3 bits from 10
     h[299] = h[10] ^ np.uint64(1 << 40)     # 1 bit from 10, in another block
     h[120] = h[7]
+    h[200] = h[7] ^ np.uint64(0xF0F)        # 8 bits from 7: only within 12
     monkeypatch.setattr(dedup_mod, "PAIR_BLOCK", 300 * 7)   # 7 rows a block: many block edges
-    got = {tuple(p) for p in dedup_mod.near_pairs(h, 4).tolist()}
-    want = {(i, j) for i in range(300) for j in range(i + 1, 300) if bin(int(h[i] ^ h[j])).count("1") <= 4}
+    monkeypatch.setattr(dedup_mod, "SMALL_SET", small_set)
+    got = {tuple(p) for p in dedup_mod.near_pairs(h, hamming).tolist()}
+    want = {(i, j) for i in range(300) for j in range(i + 1, 300) if bin(int(h[i] ^ h[j])).count("1") <= hamming}
     assert got == want and {(10, 50), (10, 299), (7, 120), (50, 299)} <= got
+    assert ((7, 200) in got) == (hamming == 12)
 
 
 # ------------------------------------------------------------------------------------------------ OCR
