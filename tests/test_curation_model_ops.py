@@ -223,6 +223,8 @@ def test_clip_alignment_scores_pair_each_image_with_its_caption(models, siglip):
         assert np.all(np.abs(got) <= 1.0 + 1e-5)
         assert np.allclose(got, [d[stat] for d in single], atol=1e-4)
         assert np.allclose(got, _reference_cosines(path, items), atol=1e-4)
+    shouted = op.compute(Item(Record("u", "u.png", caption="A RED Cat"), data=_png(0)))
+    assert shouted["siglip_score"] == pytest.approx(batched[0]["siglip_score"], abs=1e-5)   # SigLIP: lowercased
 
 
 def test_clip_alignment_options_no_caption_and_thresholds(models):

@@ -10,7 +10,7 @@ loss adds a learnt bias; set thresholds per model from the report's histograms.
     { clip_score = "OFA-Sys/chinese-clip-vit-base-patch16", siglip_score = "google/siglip2-base-patch16-224" };
 a table naming only one computes only that one. Models load through transformers' Auto classes (ChineseCLIPModel,
 SiglipModel / Siglip2Model, CLIPModel all work) with their tokenizer and PIL image processor. SigLIP's text tower
-was trained on captions padded to 64 tokens and pools the last position, so SigLIP models get max-length padding.
+was trained on lowercased captions padded to 64 tokens and pools the last position, so SigLIP models get both.
 A sample without a caption gets None (a `keep` rule on it then drops it as "missing")."""
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def _cosines(model, tokenizer, processor, images, captions, device) -> list[floa
 
     text_cfg = model.config.text_config
     siglip = model.config.model_type in ("siglip", "siglip2")
+    if siglip:   # SigLIP 2 was trained on lowercased captions (SigLIP's own tokenizer lowercases anyway)
+        captions = [c.lower() for c in captions]
     text = tokenizer(list(captions), return_tensors="pt", truncation=True,
                      padding="max_length" if siglip else True, max_length=text_cfg.max_position_embeddings)
     pixels = processor(images=list(images), return_tensors="pt")
