@@ -20,8 +20,9 @@ SMALL_SET = 8000       # below this many hashes comparing every pair is quicker 
 
 
 def phash(gray: np.ndarray) -> int:
-    """pHash of a float gray image: imagehash.phash's algorithm on OpenCV (the same bits up to DCT scaling; ~9x
-    faster, and it reads the Item's shared gray array instead of resizing the image again)."""
+    """pHash of a float gray image, imagehash.phash's algorithm (32x32, DCT, the 8x8 lowest against their median)
+    on OpenCV and the Item's shared gray array: 0.4 ms where imagehash takes 3.8 ms (its own resize and scipy DCT;
+    the bits can differ from its, so do not mix the two in one set)."""
     low = cv2.dct(cv2.resize(gray, (32, 32), interpolation=cv2.INTER_AREA))[:8, :8]
     bits = (low > np.median(low)).ravel()
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
