@@ -56,9 +56,9 @@ _QUOTED = re.compile(r'"[^"]*"|“[^”]*”|「[^」]*」|『[^』]*』|‘[^�
 @register("invalid_caption")
 class InvalidCaption(Op):
     """caption_invalid: True when the caption matches one of the patterns (regular expressions, searched in the
-    lower-cased, NFKC-normalized caption with its quoted text removed); the drop reason names the pattern.
-    Options: patterns (replace the default list: English and Chinese refusals and apologies), extra_patterns (add
-    to it). A missing caption is not invalid (caption_length judges that)."""
+    lower-cased, NFKC-normalized caption with its quoted text removed); the drop reason names the pattern (also kept
+    as invalid_caption_pattern). Options: patterns (replace the default list: English and Chinese refusals and
+    apologies), extra_patterns (add to it). A missing caption is not invalid (caption_length judges that)."""
 
     stats = ("caption_invalid",)
     default_drop_if = {"caption_invalid": True}
