@@ -267,28 +267,38 @@ def test_aesthetic_is_the_mlp_over_the_normalised_clip_embedding(models, tmp_pat
             x = torch.nn.functional.linear(x, models["mlp_state"][f"layers.{i}.weight"],
                                            models["mlp_state"][f"layers.{i}.bias"])
     assert np.allclose(got, x.squeeze(-1).numpy(), atol=1e-4)
+    # the public .pth as it is (tensors only) gives the same scores; a folder holding model_file works too
+    from_pth = build_op({"op": "aesthetic", "clip_model": models["clip"], "model": models["mlp_pth"]})
+    assert np.allclose(_stat(from_pth, items, "aesthetic"), got, atol=1e-5)
     op = build_op({"op": "aesthetic", "clip_model": models["clip"], "model": str(tmp_path),
-                   "keep": {"aesthetic": [float(np.median(got)), float("inf")]}})
-    run_op(op, items)                                              # a folder holding one .safetensors works too
+                   "model_file": "aesthetic.safetensors", "keep": {"aesthetic": [float(np.median(got)), float("inf")]}})
+    run_op(op, items)
     assert [it.record.dropped is None for it in items] == [s >= np.median(got) for s in got]
+
+
+class _NotATensor:
+    pass
 
 
 def test_aesthetic_errors_name_the_fix(models, tmp_path):
     item = _items(1)[0]
-    with pytest.raises(OpError, match=r"needs `model = PATH`.*ops.aesthetic IN.pth"):
-        build_op({"op": "aesthetic", "clip_model": models["clip"]}).compute(item)
-    with pytest.raises(OpError, match="not safetensors; convert it"):
-        build_op({"op": "aesthetic", "clip_model": models["clip"], "model": models["mlp_pth"]}).compute(item)
+    clip = models["clip"]
+    with pytest.raises(OpError, match=r"nobody-here/no-mlp/aesthetic-model.pth.*huggingface-cli download"):
+        build_op({"op": "aesthetic", "clip_model": clip, "model": "nobody-here/no-mlp", "offline": True}).compute(item)
+    with pytest.raises(OpError, match="has no aesthetic-model.pth"):
+        build_op({"op": "aesthetic", "clip_model": clip, "model": str(tmp_path)}).compute(item)
+    torch.save({"layers.0.weight": _NotATensor()}, tmp_path / "code.pth")      # pickled code is refused, not run
+    with pytest.raises(OpError, match="cannot read it"):
+        build_op({"op": "aesthetic", "clip_model": clip, "model": str(tmp_path / "code.pth")}).compute(item)
     from safetensors.torch import save_file
 
     save_file({"layers.0.weight": torch.zeros(1, 20), "layers.0.bias": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(OpError, match="takes 20-wide embeddings"):
-        build_op({"op": "aesthetic", "clip_model": models["clip"], "model": str(tmp_path / "w.safetensors")}
-                 ).compute(item)
+        build_op({"op": "aesthetic", "clip_model": clip, "model": str(tmp_path / "w.safetensors")}).compute(item)
     save_file({"fc.weight": torch.zeros(1, 12)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(OpError, match="not an aesthetic MLP"):
-        build_op({"op": "aesthetic", "clip_model": models["clip"], "model": str(tmp_path / "w.safetensors")}
-                 ).compute(item)
+        build_op({"op": "aesthetic", "clip_model": clip, "model": str(tmp_path / "w.safetensors")}).compute(item)
+    assert build_op({"op": "aesthetic"}).model == "trl-lib/ddpo-aesthetic-predictor"
 
 
 # ------------------------------------------------------------------------------------------- faces

@@ -7,6 +7,7 @@ A model that cannot be found is a config error (OpError naming the op, the model
 sample: `run_op` lets OpError through, so the run stops at once instead of dropping every image."""
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Sequence
 
 from ..op import Item, Op, OpError
@@ -73,3 +74,33 @@ class ModelOp(Op):
 def inputs_to(inputs: Mapping, device: str, dtype) -> dict:
     """A processor's tensors onto the model's device; floating ones (pixel values) in the model's dtype."""
     return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
+
+
+def local_or_hub_file(op: str, what: str, name: str, filename: str, offline: bool) -> str:
+    """A weights file: `name` itself, `filename` inside folder `name`, or `filename` of hub repository `name` (from
+    the Hugging Face cache first; downloaded unless `offline`). Missing: an OpError naming it and how to get it."""
+    path = os.path.expanduser(name)
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path):
+        file = os.path.join(path, filename)
+        if os.path.isfile(file):
+            return file
+        raise OpError(f"op {op!r}: {what}: folder {path} has no {filename}")
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise OpError(f"op {op!r}: {what} {name!r}: no such file or folder (nor a hub name owner/repo)")
+    from huggingface_hub import hf_hub_download
+
+    fetch = f"`huggingface-cli download {name} {filename}`"
+    try:
+        return hf_hub_download(name, filename, local_files_only=True)
+    except Exception as e:
+        if offline:
+            raise OpError(f"op {op!r}: {what} {name}/{filename} is not in the local cache ({type(e).__name__}); "
+                          f"fetch it once with {fetch}, or give a local path") from None
+    try:
+        return hf_hub_download(name, filename)
+    except Exception as e:
+        raise OpError(f"op {op!r}: {what} {name}/{filename} is not in the local cache and cannot be downloaded "
+                      f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); fetch it with {fetch} where there "
+                      f"is network, or give a local path") from None

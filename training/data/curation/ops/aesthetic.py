@@ -5,23 +5,24 @@ The score is MLP(e / |e|), e the CLIP image embedding (vision tower, pooled, vis
 linear layers with dropout between them and no activation, saved by the original code as a state dict with keys
     layers.0.{weight,bias}  768 -> 1024      layers.2  1024 -> 128      layers.4  128 -> 64
     layers.6  64 -> 16                        layers.7  16 -> 1
-(the odd indices 1, 3, 5 are the dropouts). `model` is that MLP as safetensors: a .safetensors file, or a folder
-holding one; the shapes are read from the file, so the MLP's input width must equal the CLIP model's projection
-width (768 for ViT-L/14). The public weights (sac+logos+ava1-l14-linearMSE.pth, in the
-christophschuhmann/improved-aesthetic-predictor repository) are a pickle; convert them once, loading tensors only:
+(the odd indices 1, 3, 5 are the dropouts). `model` is that state dict: a hub repository with `model_file` in it
+(default trl-lib/ddpo-aesthetic-predictor, aesthetic-model.pth: the copy of sac+logos+ava1-l14-linearMSE.pth that
+TRL's DDPO aesthetic reward loads), a file, or a folder holding `model_file`. A .pth is read with
+torch.load(weights_only=True), which loads tensors and refuses pickled code; to keep safetensors instead, convert
+it once:
 
-    python -m qwenimage.training.data.curation.ops.aesthetic sac+logos+ava1-l14-linearMSE.pth aesthetic.safetensors
+    python -m qwenimage.training.data.curation.ops.aesthetic aesthetic-model.pth aesthetic.safetensors
 
-`clip_model` is the CLIP model, a hub name or a folder (default openai/clip-vit-large-patch14)."""
+The shapes are read from the file, so the MLP's input width must equal the CLIP model's projection width (768 for
+ViT-L/14). `clip_model` is the CLIP model, a hub name or a folder (default openai/clip-vit-large-patch14)."""
 from __future__ import annotations
 
-import os
 import re
 import sys
 from typing import Mapping, Sequence
 
 from ..op import Item, OpError, register
-from ._model import ModelOp, inputs_to
+from ._model import ModelOp, local_or_hub_file
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
 
@@ -31,22 +32,25 @@ class Aesthetic(ModelOp):
     """aesthetic: the predictor's score (about 1..10). No default threshold: set `keep = { aesthetic = [5, inf] }`."""
 
     stats = ("aesthetic",)
+    default_model = "trl-lib/ddpo-aesthetic-predictor"
 
     def __init__(self, keep: Mapping | None = None, drop_if: Mapping | None = None, *,
-                 clip_model: str = "openai/clip-vit-large-patch14", **options):
+                 clip_model: str = "openai/clip-vit-large-patch14", model_file: str = "aesthetic-model.pth",
+                 **options):
         super().__init__(keep, drop_if, **options)
-        self.clip_model = clip_model
+        self.clip_model, self.model_file = clip_model, model_file
 
     def load(self):
         import torch
         from transformers import AutoImageProcessor, CLIPModel
 
+        file = local_or_hub_file(self.name, "aesthetic MLP", self.model, self.model_file, self.offline)
+        mlp = load_mlp(self.name, file)
         clip = self.pretrained(CLIPModel, self.clip_model, "CLIP model", dtype=self.torch_dtype())
         processor = self.pretrained(AutoImageProcessor, self.clip_model, "CLIP image processor", backend="pil")
-        mlp = load_mlp(self.name, self.model)
         width = clip.config.projection_dim
         if mlp[0].in_features != width:
-            raise OpError(f"op {self.name!r}: the MLP in {self.model!r} takes {mlp[0].in_features}-wide embeddings "
+            raise OpError(f"op {self.name!r}: the MLP in {file} takes {mlp[0].in_features}-wide embeddings "
                           f"but {self.clip_model!r} gives {width}")
         return clip.to(self.device).eval(), processor, mlp.to(self.device, torch.float32)
 
@@ -62,30 +66,21 @@ class Aesthetic(ModelOp):
         return [{"aesthetic": float(s)} for s in scores.tolist()]
 
 
-def load_mlp(op: str, path: str):
-    """The predictor's MLP (a chain of Linear layers, eval mode) from a safetensors file or a folder holding one."""
+def load_mlp(op: str, file: str):
+    """The predictor's MLP (its Linear layers chained, eval mode) from a .safetensors or .pth state dict."""
     import torch
-    from safetensors.torch import load_file
 
-    if not path:
-        raise OpError(f"op {op!r}: needs `model = PATH` to the aesthetic predictor's MLP as safetensors; convert the "
-                      f"public sac+logos+ava1-l14-linearMSE.pth with `python -m "
-                      f"qwenimage.training.data.curation.ops.aesthetic IN.pth OUT.safetensors`")
-    file = _safetensors_in(op, os.path.expanduser(path))
-    try:
-        state = load_file(file)
-    except Exception as e:
-        raise OpError(f"op {op!r}: cannot read {file}: {type(e).__name__}: {e}") from None
-    idx = sorted({int(m.group(1)) for k in state if (m := _LAYER.match(k))})
+    state = read_state(file)
+    idx = sorted({int(m.group(1)) for k in state if (m := _LAYER.match(str(k)))})
     if not idx or any(f"layers.{i}.{p}" not in state for i in idx for p in ("weight", "bias")):
         raise OpError(f"op {op!r}: {file} is not an aesthetic MLP: wants layers.N.weight / layers.N.bias, has "
-                      f"{', '.join(sorted(state)[:8]) or 'no tensors'}")
+                      f"{', '.join(sorted(map(str, state))[:8]) or 'no tensors'}")
     layers = []
     for i in idx:
         w, b = state[f"layers.{i}.weight"], state[f"layers.{i}.bias"]
-        if layers and layers[-1].out_features != w.shape[1]:
+        if w.ndim != 2 or (layers and layers[-1].out_features != w.shape[1]):
             raise OpError(f"op {op!r}: {file}: layers.{i}.weight is {tuple(w.shape)}, after a layer of width "
-                          f"{layers[-1].out_features}")
+                          f"{layers[-1].out_features if layers else '?'}")
         lin = torch.nn.Linear(w.shape[1], w.shape[0])
         lin.load_state_dict({"weight": w, "bias": b})
         layers.append(lin)
@@ -94,32 +89,32 @@ def load_mlp(op: str, path: str):
     return torch.nn.Sequential(*layers).float().eval()
 
 
-def _safetensors_in(op: str, path: str) -> str:
-    if os.path.isdir(path):
-        files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-        if len(files) != 1:
-            raise OpError(f"op {op!r}: folder {path} must hold exactly one .safetensors file, has {files or 'none'}")
-        return os.path.join(path, files[0])
-    if not os.path.isfile(path):
-        raise OpError(f"op {op!r}: aesthetic MLP {path!r}: no such file or folder")
-    if not path.endswith(".safetensors"):
-        raise OpError(f"op {op!r}: {path} is not safetensors; convert it first with `python -m "
-                      f"qwenimage.training.data.curation.ops.aesthetic {path} OUT.safetensors`")
-    return path
+def read_state(file: str) -> dict:
+    """A state dict of tensors: safetensors, or a .pth through torch.load(weights_only=True) (no pickled code)."""
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        if file.endswith(".safetensors"):
+            return load_file(file)
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise OpError(f"aesthetic MLP {file}: cannot read it ({type(e).__name__}: "
+                      f"{' '.join(str(e).split())[:200]})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise OpError(f"aesthetic MLP {file}: not a state dict of tensors")
+    return state
 
 
 def convert(src: str, dst: str) -> list[str]:
-    """The public .pth state dict -> safetensors (tensors only: torch.load with weights_only=True, never a pickle of
-    code). Returns the keys written."""
-    import torch
-
+    """The public .pth state dict -> safetensors (read with weights_only=True). Returns the keys written."""
     from .....qwenimage_core.weights import save_file_atomic
 
-    state = torch.load(src, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict) or not any(_LAYER.match(str(k)) for k in state):
-        raise ValueError(f"{src}: not an aesthetic MLP state dict (wants layers.N.weight / layers.N.bias)")
+    state = read_state(src)
     tensors = {k: v for k, v in state.items() if _LAYER.match(str(k))}
+    if not tensors:
+        raise OpError(f"{src}: not an aesthetic MLP state dict (wants layers.N.weight / layers.N.bias)")
     save_file_atomic(tensors, dst)
     return sorted(tensors)
 

@@ -17,12 +17,12 @@ where a mosaic's blocks keep their real size.
 - faces: the number of faces found. No face: face_mosaic = face_blur = 0, so the op keeps it."""
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..op import Item, Op, OpError, register
+from ._model import local_or_hub_file
 
 DEFAULT_DETECTOR = "opencv/face_detection_yunet"
 DEFAULT_DETECTOR_FILE = "face_detection_yunet_2023mar.onnx"
@@ -90,32 +90,7 @@ class FaceMosaic(Op):
         return self._yunet
 
     def _detector_path(self) -> str:
-        path = os.path.expanduser(self.detector)
-        if os.path.isfile(path):
-            return path
-        if os.path.isdir(path):
-            file = os.path.join(path, self.detector_file)
-            if os.path.isfile(file):
-                return file
-            raise OpError(f"op {self.name!r}: folder {path} has no {self.detector_file} (set detector_file)")
-        if self.detector.startswith(("/", ".", "~")):
-            raise OpError(f"op {self.name!r}: face detector {self.detector!r}: no such file or folder")
-        from huggingface_hub import hf_hub_download
-
-        fetch = f"`huggingface-cli download {self.detector} {self.detector_file}`"
-        try:
-            return hf_hub_download(self.detector, self.detector_file, local_files_only=True)
-        except Exception as e:
-            if self.offline:
-                raise OpError(f"op {self.name!r}: face detector {self.detector}/{self.detector_file} is not in the "
-                              f"local cache ({type(e).__name__}); fetch it once with {fetch}, or set detector = "
-                              f"PATH to the YuNet .onnx") from None
-        try:
-            return hf_hub_download(self.detector, self.detector_file)
-        except Exception as e:
-            raise OpError(f"op {self.name!r}: face detector {self.detector}/{self.detector_file} is not in the local "
-                          f"cache and cannot be downloaded ({type(e).__name__}: {str(e)[:200]}); fetch it with "
-                          f"{fetch} where there is network, or set detector = PATH to the YuNet .onnx") from None
+        return local_or_hub_file(self.name, "face detector", self.detector, self.detector_file, self.offline)
 
 
 def mosaic_score(gray: np.ndarray, blocks: Sequence[int] = range(8, 17)) -> float:
