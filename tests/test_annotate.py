@@ -95,9 +95,11 @@ def test_real_generate_batched_with_left_padding_matches_one_by_one(annotator):
     alone = [annotator.generate([im], [A.ANNOTATOR_PROMPT], 0)[0] for im in images]
     assert len(batched) == 2 and all(isinstance(a, str) for a in batched) and batched[0] != batched[1]
     assert batched == alone      # left padding: each row's answer is what it gets alone
-    # A random model's answer is no JSON: asked again (sampled), then a failure with its last answer.
-    (ann, answer, error), = annotator.annotate(images[:1])
-    assert ann is None and error.startswith("malformed answer after 3 tries: no JSON object")
+    # A random model's answer is no JSON: asked again (sampled), then a failure with its last answer; an image the
+    # processor refuses (aspect ratio over 200) fails alone, its batch-mate still asked.
+    (ann, answer, error), (_, _, refused) = A._annotate_safely(annotator, [images[0], Image.new("RGB", (900, 4))])
+    assert ann is None and error.startswith("malformed answer after 3 tries: no JSON object") and answer
+    assert refused.startswith("error: ValueError: ") and "200" in refused
 
 
 def _manifest(tmp_path, names=("good", "retry", "never")):

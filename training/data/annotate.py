@@ -447,7 +447,7 @@ def _annotate_batch(annotator, rows: list[dict], ratios) -> tuple[list[dict], li
                         "error": f"unreadable image: {type(e).__name__}: {e}", "answer": None})
     if not live:
         return [], bad
-    results = annotator.annotate(images)
+    results = _annotate_safely(annotator, images)
     ok = [(im, row, ann) for im, row, (ann, _, _) in zip(images, live, results) if ann is not None]
     raws = [(row.get("caption_raw", row.get("caption")) or "").strip() for _, row, _ in ok]
     fused = annotator.fuse_captions([im for im, _, _ in ok], raws, [a.caption for _, _, a in ok])
@@ -459,3 +459,14 @@ def _annotate_batch(annotator, rows: list[dict], ratios) -> tuple[list[dict], li
         if ann is None:
             bad.append({"key": row_key(row), "image": row["image"], "error": error, "answer": answer})
     return good, bad
+
+
+def _annotate_safely(annotator, images) -> list:
+    """annotator.annotate, but a batch that raises (an image the processor refuses: aspect ratio over 200) is done
+    again one image at a time, so only the bad image fails, with the error as its reason."""
+    try:
+        return annotator.annotate(images)
+    except Exception as e:
+        if len(images) > 1:
+            return [r for im in images for r in _annotate_safely(annotator, [im])]
+        return [(None, None, f"error: {type(e).__name__}: {' '.join(str(e).split())[:300]}")]

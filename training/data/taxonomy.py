@@ -8,7 +8,8 @@ Assignment (`Taxonomy.assign`), from what the annotator and the curation ops wro
    "en" (Latin), "other" (any other script: kana, Hangul, Cyrillic, ...), or "none" (no letters at all; the OCR
    op's `text_language` when there is no text).
 2. Every class scores its keywords: 3 per hit in the Image Type, 1 per hit in the Image Style and the caption
-   (English keywords as whole words, plural "s" allowed; Chinese ones as substrings).
+   (English keywords as whole words, plural "s"/"es" allowed; Chinese ones as substrings, the longest first, so
+   "海报" (poster) is not also "海" (sea)).
 3. A sample with at least `min_text_chars` characters of text is text rendering; otherwise text_rendering classes
    are out. The best-scoring allowed class wins (ties: table order); no hit -> "<top>/other" ("general/other").
 
@@ -117,7 +118,8 @@ class Taxonomy:
         bad = sorted(set(table) - set(TOPS))
         if bad:
             raise ValueError(f"taxonomy: unknown top-level class(es) {bad} (known: {', '.join(TOPS)})")
-        self.classes: list[tuple[str, re.Pattern | None, list[str]]] = []
+        self.classes: list[str] = []
+        words: dict[str, dict[str, list[int]]] = {"en": defaultdict(list), "zh": defaultdict(list)}
         for top, subs in table.items():
             if not isinstance(subs, dict):
                 raise ValueError(f"taxonomy: {top} must be a table of classes, got {type(subs).__name__}")
@@ -125,10 +127,15 @@ class Taxonomy:
                 if not isinstance(kw, dict) or set(kw) - {"en", "zh"} or not all(
                         isinstance(v, list) and all(isinstance(w, str) and w for w in v) for v in kw.values()):
                     raise ValueError(f"taxonomy: {top}.{sub} must be {{en = [words], zh = [words]}}, got {kw!r}")
-                en = sorted(kw.get("en", []), key=len, reverse=True)
-                pattern = re.compile(r"\b(?:" + "|".join(re.escape(w.lower()) for w in en) + r")(?:e?s)?\b") \
-                    if en else None
-                self.classes.append((f"{top}/{sub}", pattern, list(kw.get("zh", []))))
+                for lang in ("en", "zh"):
+                    for w in kw.get(lang, []):
+                        words[lang][w.lower()].append(len(self.classes))
+                self.classes.append(f"{top}/{sub}")
+        # One alternation per language, longest words first: "海报" is one hit of poster, not also "海" of landscape.
+        alt = {lang: "|".join(re.escape(w) for w in sorted(ws, key=len, reverse=True)) for lang, ws in words.items()}
+        self._en = re.compile(rf"\b({alt['en']})(?:e?s)?\b") if alt["en"] else None
+        self._zh = re.compile(f"({alt['zh']})") if alt["zh"] else None
+        self._words = {w: c for ws in words.values() for w, c in ws.items()}
         self.min_text_chars = int(min_text_chars)
 
     @classmethod
@@ -143,25 +150,28 @@ class Taxonomy:
 
     @property
     def categories(self) -> list[str]:
-        return [c for c, _, _ in self.classes] + [f"{t}/other" for t in TOPS]
+        return self.classes + [f"{t}/other" for t in TOPS]
 
-    def _hits(self, pattern, zh: list[str], text: str) -> int:
+    def _hits(self, text: str, weight: int, scores: list[int]) -> None:
         text = text.lower()
-        return (len(pattern.findall(text)) if pattern else 0) + sum(text.count(w) for w in zh)
+        for pattern in (self._en, self._zh):
+            for w in pattern.findall(text) if pattern else ():
+                for c in self._words[w]:
+                    scores[c] += weight
 
     def assign(self, caption: str = "", annotation: dict | None = None, stats: dict | None = None) -> Assignment:
         ann, stats = annotation or {}, stats or {}
         text = sample_text(caption, ann, stats)
         language = text_language(text) if text else str(stats.get("text_language") or "none")
         is_text = len(re.sub(r"\s", "", text)) >= self.min_text_chars
-        fields = [(str(ann.get("image_type") or ""), 3), (str(ann.get("image_style") or ""), 1),
-                  (caption or str(ann.get("caption") or ""), 1)]
+        scores = [0] * len(self.classes)
+        for field, weight in ((ann.get("image_type"), 3), (ann.get("image_style"), 1),
+                              (caption or ann.get("caption"), 1)):
+            if field:
+                self._hits(str(field), weight, scores)
         best, best_score = None, 0
-        for name, pattern, zh in self.classes:
-            if name.startswith("text_rendering/") != is_text:
-                continue
-            score = sum(w * self._hits(pattern, zh, f) for f, w in fields if f)
-            if score > best_score:
+        for name, score in zip(self.classes, scores):
+            if score > best_score and name.startswith("text_rendering/") == is_text:
                 best, best_score = name, score
         return Assignment(best or ("text_rendering/other" if is_text else "general/other"), language, text)
 
