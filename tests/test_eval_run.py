@@ -126,7 +126,12 @@ def test_eval_command_writes_images_rows_and_run_json_then_resumes(models, tmp_p
         assert im.size == (32, 32) and json.loads(im.info["qwenimage"])["seed"] == r["seed"]
         assert r["metrics"]["test_eval_run:brightness"] == pytest.approx(brightness([im.convert("RGB")], [""], [{}])[0])
         assert r["failures"] == {}
-    assert "test_eval_run:brightness:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "test_eval_run:brightness:" in out and "report.html" in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["overall"]["test_eval_run:brightness"] == pytest.approx(
+        np.mean([r["metrics"]["test_eval_run:brightness"] for r in got]))
+    assert (run_dir / "report.html").is_file() and (run_dir / "results.csv").is_file()
 
     # resume: one image and its row gone -> exactly that image is made and scored again
     (run_dir / got[3]["image"]).unlink()
@@ -181,6 +186,7 @@ def test_batches_give_the_same_images_and_compare_lines_up_ids_and_seeds(models,
         run_dir=run_dir, compare_dir=compare_dir) or {})
     assert main(eval_args(models, data, tmp_path / "out", "--limit", "2", "--compare", str(b))) == 0
     assert calls == [] and seen["compare_dir"] == str(b) and seen["run_dir"].endswith(os.path.join("prompts", "model_a"))
+    assert (tmp_path / "out" / "prompts" / "compare_model_a_vs_model_b.html").is_file()  # the first compare's page
 
 
 class FakePipe:
@@ -213,6 +219,37 @@ def test_a_scorer_failure_is_recorded_and_the_run_goes_on(tmp_path):
     assert row["metrics"]["test_eval_run:picky"] is None and row["metrics"]["test_eval_run:brightness"] > 0
     assert row["failures"] == {"test_eval_run:picky": "scorer 'test_eval_run:picky' failed: ConnectionError: "
                                                       "judge server went away"}
+
+
+class IdentityEdit(FakePipe):
+    """An edit that returns its reference unchanged."""
+
+    def generate(self, prompt, seed, num_images=1, references=None, **kw):
+        self.calls.append((prompt, list(seed), references))
+        return [references[0].copy() for _ in seed]
+
+
+def test_novel_view_run_with_the_fidelity_scorer_and_report(tmp_path):
+    views = tmp_path / "views"
+    views.mkdir()
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(src).save(views / "a0.png")
+    Image.fromarray(src).save(views / "a30.png")  # the "true" view equals the source: identity scores perfectly
+    Image.fromarray(255 - src).save(views / "b30.png")
+    f = tmp_path / "nvs.jsonl"
+    f.write_text(json.dumps({"id": "same", "source": "views/a0.png", "instruction": "turn 30", "target": "views/a30.png"})
+                 + "\n" + json.dumps({"id": "other", "source": "views/a0.png", "instruction": "turn 30",
+                                       "target": "views/b30.png", "category": "inverted"}) + "\n")
+    suite = get_suite("novel_view")
+    items = suite.load(f).items
+    summary = eval_run.evaluate(IdentityEdit(), items, suite.default_scorers(items), str(tmp_path / "run"),
+                                Settings(steps=1), suite="novel_view")
+    got = {r["id"]: r for r in rows(tmp_path / "run")}
+    assert got["same"]["inputs"] == [str(views / "a0.png")]
+    assert got["same"]["metrics"]["ssim"] == pytest.approx(1.0) and got["other"]["metrics"]["ssim"] < 0.5
+    assert summary["by_category"]["inverted"]["ssim"] == got["other"]["metrics"]["ssim"]
+    assert (tmp_path / "run" / "report.html").is_file()
 
 
 def test_processes_split_the_items_and_edits_batch_their_own_seeds(tmp_path):

@@ -50,7 +50,8 @@ def test_geneval(tmp_path):
     assert [i.category for i in items] == ["single_object", "counting", "position"]
     spec = items[2].meta["geneval"]
     assert spec["include"][1]["position"] == ["right of", 0] and spec["tag"] == "position"
-    assert items[1].meta["geneval"]["exclude"] == [{"class": "clock", "count": 3, "color": None, "position": None}]
+    assert items[1].meta["geneval"]["exclude"] == [{"class": "clock", "count": 3}]
+    assert items[0].meta["geneval"]["include"] == [{"class": "bench", "count": 1}]
     assert len({i.seed for i in items}) == 3
 
 

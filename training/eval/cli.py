@@ -112,9 +112,10 @@ def _process_device():
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
         from accelerate import PartialState
 
-        return PartialState().device
+        return PartialState(cpu=not torch.cuda.is_available()).device
     return None
 
 

@@ -51,9 +51,10 @@ def process_split() -> tuple[int, int, Callable[[], None]]:
     """(rank, world size, wait_for_everyone) under accelerate launch; (0, 1, no-op) in a plain process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, lambda: None
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True a GPU-less launch stays 1 process
     return state.process_index, state.num_processes, state.wait_for_everyone
 
 

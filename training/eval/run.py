@@ -297,25 +297,29 @@ def run_suite(suite_name: str, data: str, model, out: str, settings: Settings, s
     summary = run_items(lambda: load(model, lora), suite_name, items, specs, run_dir, settings, model=_name(model),
                         **common)
     result = {"run_dir": run_dir, "summary": summary, "items": len(items), "skipped": len(loaded.skipped)}
-    if summary is None:  # not the main process
-        return result
     compare_dir = None
     if other_run:
         compare_dir = os.fspath(compare)
-        with open(os.path.join(compare_dir, "run.json"), encoding="utf-8") as fh:
-            theirs = json.load(fh)
-        if theirs.get("suite") != suite_name or theirs.get("settings") != settings.to_dict():
-            print(f"warning: {compare_dir} was made for suite {theirs.get('suite')!r} with settings "
-                  f"{theirs.get('settings')}; this run: {suite_name!r}, {settings.to_dict()}; only the items with "
-                  "the same id and seed line up")
-    elif compare is not None:
+    elif compare is not None:  # every process samples the second model too; the main one scores it
         tag_b = model_tag(compare)
         compare_dir = os.path.join(out, suite_name, tag_b if tag_b != tag else tag_b + "_b")
         result["compare_summary"] = run_items(lambda: load(compare, ()), suite_name, items, specs, compare_dir,
                                               settings, model=_name(compare), **common)
     result["compare_dir"] = compare_dir
+    if summary is None:  # not the main process
+        return result
+    if other_run:
+        _warn_if_other_settings(compare_dir, suite_name, settings)
     result["reports"] = write_reports(run_dir, compare_dir)
     return result
+
+
+def _warn_if_other_settings(run_dir: str, suite: str, settings: Settings) -> None:
+    with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as fh:
+        theirs = json.load(fh)
+    if theirs.get("suite") != suite or theirs.get("settings") != settings.to_dict():
+        print(f"warning: {run_dir} was made for suite {theirs.get('suite')!r} with settings {theirs.get('settings')};"
+              f" this run: {suite!r}, {settings.to_dict()}; only the items with the same id and seed line up")
 
 
 def _name(model) -> str:

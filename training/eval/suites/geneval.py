@@ -33,7 +33,9 @@ def _objects(row, key: str, required: bool) -> list[dict]:
         if pos is not None and not (isinstance(pos, list) and len(pos) == 2 and isinstance(pos[0], str)
                                     and isinstance(pos[1], int) and 0 <= pos[1] < len(objs)):
             raise RowError(f"field {key!r}[{i}].position must be [relation, index of another object], got {pos!r}")
-        out.append({"class": o["class"], "count": count, "color": o.get("color"), "position": pos})
+        clause = {"class": o["class"], "count": count}
+        clause.update({k: o[k] for k in ("color", "position") if o.get(k) is not None})  # only what the file says
+        out.append(clause)
     return out
 
 
