@@ -272,3 +272,76 @@ def test_overrides_and_skips(tmp_path):
         pl.load_pipeline(_raw(), ["nsfw.model=x"])
     with pytest.raises(pl.PipelineError, match="--skip s1.toy_luma: no op 's1.toy_luma'"):
         pl.load_pipeline(_raw(), skip=["s1.toy_luma"])
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+MODEL_OPS = ["nsfw", "clip_alignment", "aesthetic", "watermark", "face_mosaic"]   # weights by hub name: not here
+
+
+def _scene(seed, size=(720, 660)):
+    """Photo-like: a gradient, overlapping shapes, mild noise (passes every default rule of the image ops)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    from PIL import ImageDraw
+    im = Image.fromarray((np.stack([0.3 + 0.4 * x, 0.4 + 0.2 * y, 0.6 - 0.3 * x], -1) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(25):
+        cx, cy, r = rng.integers(0, w), rng.integers(0, h), rng.integers(10, 80)
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(
+            (cx - r, cy - r, cx + r, cy + r), fill=tuple(int(v) for v in rng.integers(30, 230, 3)))
+    return Image.fromarray(np.clip(np.asarray(im, np.float32) + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def test_report_preset_end_to_end(tmp_path):
+    """The shipped preset (model ops and OCR skipped) over 24 synthetic images, some made to fail each stage."""
+    import cv2
+    from PIL import ImageFilter
+
+    from qwenimage.training.data.dataset import load_samples
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    fail = {}
+
+    def put(name, im, caption="a photo of coloured shapes over a soft gradient", why=None, **save):
+        im.save(raw / name, **save) if im is not None else None
+        (raw / (os.path.splitext(name)[0] + ".txt")).write_text(caption)
+        if why:
+            fail[name] = why
+
+    for i in range(14):
+        put(f"good{i:02d}.jpg", _scene(i), quality=92)
+    (raw / "trunc.jpg").write_bytes((raw / "good00.jpg").read_bytes()[:3000])
+    put("trunc.jpg", None, why=("s1", "broken"))
+    put("small.jpg", _scene(20, (200, 180)), why=("s1", "resolution: short_side"))
+    put("near_dup.jpg", _scene(3).resize((650, 596)), quality=70, why=("s1", "dedup: near duplicate of"))
+    put("blur.jpg", _scene(21).filter(ImageFilter.GaussianBlur(8)), why=("s2", "clarity"))
+    put("dark.jpg", Image.fromarray((np.asarray(_scene(22)) * 0.03).astype(np.uint8)), why=("s2", "clarity"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    put("rotated.jpg", _scene(23), exif=exif, why=("s2", "exif_rotation"))
+    put("sorry.jpg", _scene(24), caption="Sorry, I cannot provide a caption for this image.",
+        why=("s3", "invalid_caption"))
+    put("mid.jpg", _scene(25, (600, 480)), why=("s5", "resolution: short_side"))
+    qr = np.asarray(_scene(26)).copy()
+    qr[60:380, 60:380] = 255
+    qr[80:360, 80:360] = cv2.resize(cv2.QRCodeEncoder.create().encode("https://example.com/qwen-image"), (280, 280),
+                                    interpolation=cv2.INTER_NEAREST)[..., None]
+    put("qr.jpg", Image.fromarray(qr), quality=92, why=("s5", "qr_code"))
+
+    out = tmp_path / "out"
+    pipeline = pl.load_pipeline("report", ["best_per_category.rank_by=clarity"], MODEL_OPS + ["ocr_text"])
+    totals = engine.curate([raw], str(out), pipeline, workers=1, progress=False)
+    dropped = {os.path.basename(d["key"]): d for d in map(json.loads, open(out / "dropped.jsonl"))}
+    assert {k: (d["stage"], d["reason"]) for k, d in dropped.items() if k not in fail} == {}
+    for name, (stage, why) in fail.items():
+        assert dropped[name]["stage"] == stage and dropped[name]["reason"].startswith(why), (name, dropped[name])
+    assert totals["kept"] == 14 and [s["name"] for s in totals["stages"]] == ["s1", "s2", "s3", "s4", "s5", "s6", "s7"]
+    samples = load_samples(out / "manifest.jsonl", on_error="error", min_size=256)
+    assert len(samples) == 14 and all(s.category.startswith("general") for s in samples)
+    row = json.loads(open(out / "manifest.jsonl").readline())
+    assert {"clarity", "luma", "phash", "caption_tokens", "blockiness", "has_qr", "category"} <= set(row["stats"])
+    page = (out / "report.html").read_text()
+    assert "<h3>clarity</h3><svg" in page and "s5 / qr_code" in page

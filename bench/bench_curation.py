@@ -1,0 +1,119 @@
+"""Curation throughput on a generated set of photo-like JPEGs (gradients, shapes, noise; 1024 x 768 by default):
+
+1. decode + the cheap statistics + hashing, one process on one core: images/s per core, and ms per op (the engine
+   runs one such process per core, and a shard never depends on another, so the run scales by cores);
+2. OCR text detection (the ocr_text op, detection only, then with recognition): images/s on one core;
+3. the same cheap pipeline through `curate()` end to end (sources, shards, outputs, report) with the local pool at
+   1 and 2 workers and on Ray (2 CPUs): wall time, and Ray's start-up timed apart.
+
+    python bench/bench_curation.py --n 48"""
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from _common import command, machine
+
+from qwenimage.training.data.curation import engine, pipeline as pl
+from qwenimage.training.data.curation.op import Item
+from qwenimage.training.data.curation.sources import read_inputs
+
+CHEAP = [{"op": "broken"}, {"op": "file_size"}, {"op": "resolution"}, {"op": "exif_rotation"}, {"op": "clarity"},
+         {"op": "luma"}, {"op": "saturation"}, {"op": "entropy"}, {"op": "texture"}, {"op": "compression"},
+         {"op": "qr_code"}, {"op": "dedup"}]
+
+
+def make_images(folder: str, n: int, size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    w, h = size
+    for i in range(n):
+        base = np.linspace(rng.uniform(0, 120), rng.uniform(120, 255), w)[None, :, None] * np.ones((h, 1, 3))
+        base = base * rng.uniform(0.5, 1.0, 3) + rng.normal(0, 12, (h, w, 3))
+        im = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+        d = ImageDraw.Draw(im)
+        for _ in range(12):
+            x, y = int(rng.uniform(0, w)), int(rng.uniform(0, h))
+            d.ellipse([x, y, x + int(rng.uniform(20, 300)), y + int(rng.uniform(20, 300))],
+                      fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        im.save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+        with open(os.path.join(folder, f"{i:05d}.txt"), "w") as fh:
+            fh.write("a photo-like picture of coloured ellipses over a gradient")
+
+
+def per_op(ops, records) -> tuple[float, dict]:
+    """Seconds for decode and each op over the records, one process (the ops' own work, no engine around it)."""
+    t_op = {op.name: 0.0 for op in ops}
+    t_decode = 0.0
+    for r in records:
+        item = Item(r)
+        t = time.perf_counter()
+        item.pil, item.small, item.gray, item.rgb   # noqa: B018  (decoded once, shared by the ops)
+        t_decode += time.perf_counter() - t
+        for op in ops:
+            t = time.perf_counter()
+            op.compute(item)
+            t_op[op.name] += time.perf_counter() - t
+    return t_decode, t_op
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=48, help="images")
+    ap.add_argument("--size", type=int, nargs=2, default=(1024, 768))
+    ap.add_argument("--ocr", type=int, default=4, help="images for the OCR timing")
+    ap.add_argument("--no-ray", action="store_true")
+    a = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+    torch.set_num_threads(1)
+    print(f"# {command()}\n# {machine()}; load average {os.getloadavg()[0]:.1f}")
+    tmp = tempfile.mkdtemp(prefix="bench_curation_")
+    raw = os.path.join(tmp, "raw")
+    os.makedirs(raw)
+    make_images(raw, a.n, tuple(a.size))
+    records = read_inputs([raw])
+
+    cheap = pl.load_pipeline({"name": "cheap", "stage": [{"name": "s", "ops": CHEAP}]})
+    ops = cheap.stages[0].ops
+    per_op(ops, records[:2])   # warm-up: imports, OpenCV's first calls
+    t_decode, t_op = per_op(ops, records)
+    total = t_decode + sum(t_op.values())
+    print(f"decode + {len(ops)} cheap ops + hashing: {a.n / total:.1f} images/s per core "
+          f"({1000 * total / a.n:.1f} ms/image; decode {1000 * t_decode / a.n:.1f} ms)")
+    print("  ms/image per op: " + ", ".join(f"{k} {1000 * v / a.n:.2f}" for k, v in t_op.items()))
+
+    ocr = pl.load_pipeline({"name": "ocr", "stage": [{"name": "s", "ops": [{"op": "ocr_text"}]},
+                                                     {"name": "r", "ops": [{"op": "ocr_text", "recognize": True}]}]})
+    det, rec = ocr.stages[0].ops + ocr.stages[1].ops
+    per_op([det], records[:1])
+    _, t = per_op([det], records[:a.ocr])
+    print(f"ocr_text detection: {a.ocr / t['ocr_text']:.2f} images/s per core "
+          f"({1000 * t['ocr_text'] / a.ocr:.0f} ms/image)")
+    _, t = per_op([rec], records[:max(1, a.ocr // 2)])
+    print(f"ocr_text detection + recognition: {max(1, a.ocr // 2) / t['ocr_text']:.2f} images/s per core")
+
+    runs = [("local, 1 worker", dict(workers=1)), ("local, 2 workers", dict(workers=2))]
+    if not a.no_ray:
+        import ray
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        t = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        print(f"ray.init(num_cpus=2): {time.perf_counter() - t:.1f} s")
+        runs += [("Ray, 2 CPUs, first run (workers start, import)", dict(workers=2, ray=True)),
+                 ("Ray, 2 CPUs, warm", dict(workers=2, ray=True))]
+    manifests = set()
+    for k, (name, kw) in enumerate(runs):
+        out = os.path.join(tmp, f"out{k}")
+        t = time.perf_counter()
+        engine.curate([raw], out, cheap, shard_size=8, progress=False, **kw)
+        dt = time.perf_counter() - t
+        manifests.add(open(os.path.join(out, "manifest.jsonl"), "rb").read())
+        print(f"curate(), {name}: {dt:.2f} s, {a.n / dt:.1f} images/s")
+    print(f"manifests identical across engines: {len(manifests) == 1}")
+
+
+if __name__ == "__main__":
+    main()
