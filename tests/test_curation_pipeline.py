@@ -345,3 +345,22 @@ def test_report_preset_end_to_end(tmp_path):
     assert {"clarity", "luma", "phash", "caption_tokens", "blockiness", "has_qr", "category"} <= set(row["stats"])
     page = (out / "report.html").read_text()
     assert "<h3>clarity</h3><svg" in page and "s5 / qr_code" in page
+
+
+def test_cli_prints_the_funnel_and_names_errors(data, tmp_path, capsys, monkeypatch):
+    from qwenimage.cli import main
+
+    toml = tmp_path / "toy.toml"
+    toml.write_text('shard_size = 4\n[[stage]]\nname = "s1"\nops = [{ op = "toy_size" }, { op = "toy_luma" }]\n')
+    out = tmp_path / "out"
+    assert main(["data", "curate", *map(str, data), "--out", str(out), "--pipeline", str(toml), "--workers", "1",
+                 "--set", "toy_luma.keep.toy_luma=[0.05, 0.95]", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "toy_luma" in text and "toy_luma < 0.05 1" in text and str(out / "report.html") in text
+    assert main(["data", "curate", str(data[0]), "--out", str(tmp_path / "o2"), "--pipeline", str(toml),
+                 "--skip", "nsfw"]) == 2
+    assert "--skip nsfw: no op 'nsfw'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)   # ray not installed: one line naming the extra
+    assert main(["data", "curate", str(data[0]), "--out", str(tmp_path / "o3"), "--pipeline", str(toml),
+                 "--ray", "--no-progress"]) == 2
+    assert "pip install 'qwenimage[data]'" in capsys.readouterr().err
