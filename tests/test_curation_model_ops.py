@@ -10,12 +10,13 @@ import pickle
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 
 from qwenimage.training.data.curation import ops  # noqa: F401  (registers every op)
 from qwenimage.training.data.curation.op import Item, OpError, Record, build_op, run_op
-from qwenimage.training.data.curation.ops.aesthetic import convert
+from qwenimage.training.data.curation.ops import aesthetic_convert
 from qwenimage.training.data.curation.ops.faces import blur_effect, mosaic_score
 
 cv2 = pytest.importorskip("cv2")
@@ -252,7 +253,8 @@ def test_clip_alignment_options_no_caption_and_thresholds(models):
 
 def test_aesthetic_is_the_mlp_over_the_normalised_clip_embedding(models, tmp_path):
     mlp = tmp_path / "aesthetic.safetensors"
-    assert convert(models["mlp_pth"], str(mlp)) == sorted(models["mlp_state"])
+    assert aesthetic_convert.main([models["mlp_pth"], str(mlp)]) == 0
+    assert sorted(safetensors.torch.load_file(str(mlp))) == sorted(models["mlp_state"])
     op = build_op({"op": "aesthetic", "clip_model": models["clip"], "model": str(mlp), "batch_size": 3})
     items = _items(4)
     got = _stat(op, items, "aesthetic")
@@ -288,7 +290,7 @@ def test_aesthetic_errors_name_the_fix(models, tmp_path):
     with pytest.raises(OpError, match="has no aesthetic-model.pth"):
         build_op({"op": "aesthetic", "clip_model": clip, "model": str(tmp_path)}).compute(item)
     torch.save({"layers.0.weight": _NotATensor()}, tmp_path / "code.pth")      # pickled code is refused, not run
-    with pytest.raises(OpError, match="cannot read it"):
+    with pytest.raises(OpError, match="not a tensors-only .pth"):
         build_op({"op": "aesthetic", "clip_model": clip, "model": str(tmp_path / "code.pth")}).compute(item)
     from safetensors.torch import save_file
 

@@ -11,14 +11,14 @@ TRL's DDPO aesthetic reward loads), a file, or a folder holding `model_file`. A 
 torch.load(weights_only=True), which loads tensors and refuses pickled code; to keep safetensors instead, convert
 it once:
 
-    python -m qwenimage.training.data.curation.ops.aesthetic aesthetic-model.pth aesthetic.safetensors
+    python -m qwenimage.training.data.curation.ops.aesthetic_convert aesthetic-model.pth aesthetic.safetensors
 
 The shapes are read from the file, so the MLP's input width must equal the CLIP model's projection width (768 for
 ViT-L/14). `clip_model` is the CLIP model, a hub name or a folder (default openai/clip-vit-large-patch14)."""
 from __future__ import annotations
 
+import pickle
 import re
-import sys
 from typing import Mapping, Sequence
 
 from ..op import Item, OpError, register
@@ -98,6 +98,9 @@ def read_state(file: str) -> dict:
         if file.endswith(".safetensors"):
             return load_file(file)
         state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise OpError(f"aesthetic MLP {file}: not a tensors-only .pth (torch.load with weights_only=True refused "
+                      f"it; pickled code is never loaded)") from None
     except Exception as e:
         raise OpError(f"aesthetic MLP {file}: cannot read it ({type(e).__name__}: "
                       f"{' '.join(str(e).split())[:200]})") from None
@@ -117,10 +120,3 @@ def convert(src: str, dst: str) -> list[str]:
         raise OpError(f"{src}: not an aesthetic MLP state dict (wants layers.N.weight / layers.N.bias)")
     save_file_atomic(tensors, dst)
     return sorted(tensors)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m qwenimage.training.data.curation.ops.aesthetic IN.pth OUT.safetensors")
-    keys = convert(sys.argv[1], sys.argv[2])
-    print(f"wrote {sys.argv[2]}: {', '.join(keys)}")
