@@ -160,7 +160,8 @@ def test_other_settings_on_a_run_directory_are_refused(models, tmp_path, capsys)
                                                   "settings": {**Settings(steps=9).to_dict()}}))
     assert main(eval_args(models, prompt_file(tmp_path), tmp_path / "out")) == 2
     err = capsys.readouterr().err
-    assert "run.json: this run directory was made with other settings" in err and "settings.steps: 9 there, 2 now" in err
+    assert "run.json: this run directory was made with other settings" in err
+    assert "settings.steps: 9 there, 2 now" in err
 
 
 def test_batches_give_the_same_images_and_compare_lines_up_ids_and_seeds(models, tmp_path, monkeypatch):
@@ -176,7 +177,8 @@ def test_batches_give_the_same_images_and_compare_lines_up_ids_and_seeds(models,
         assert np.array_equal(np.asarray(Image.open(a / r["image"])),
                               np.asarray(Image.open(tmp_path / "one" / "prompts" / "model_a" / r["image"])))
     ra, rb = rows(a), rows(b)
-    assert [(r["id"], r["k"], r["seed"], r["prompt"]) for r in ra] == [(r["id"], r["k"], r["seed"], r["prompt"]) for r in rb]
+    key = lambda r: (r["id"], r["k"], r["seed"], r["prompt"])  # noqa: E731
+    assert [key(r) for r in ra] == [key(r) for r in rb]
     assert not np.array_equal(np.asarray(Image.open(a / ra[0]["image"])), np.asarray(Image.open(b / rb[0]["image"])))
     assert json.loads((b / "run.json").read_text())["settings"] == json.loads((a / "run.json").read_text())["settings"]
     # an earlier run directory is reused as it is: nothing sampled for it
@@ -185,7 +187,8 @@ def test_batches_give_the_same_images_and_compare_lines_up_ids_and_seeds(models,
     monkeypatch.setattr(eval_run, "write_reports", lambda run_dir, compare_dir=None: seen.update(
         run_dir=run_dir, compare_dir=compare_dir) or {})
     assert main(eval_args(models, data, tmp_path / "out", "--limit", "2", "--compare", str(b))) == 0
-    assert calls == [] and seen["compare_dir"] == str(b) and seen["run_dir"].endswith(os.path.join("prompts", "model_a"))
+    assert calls == [] and seen["compare_dir"] == str(b)
+    assert seen["run_dir"].endswith(os.path.join("prompts", "model_a"))
     assert (tmp_path / "out" / "prompts" / "compare_model_a_vs_model_b.html").is_file()  # the first compare's page
 
 
@@ -238,7 +241,8 @@ def test_novel_view_run_with_the_fidelity_scorer_and_report(tmp_path):
     Image.fromarray(src).save(views / "a30.png")  # the "true" view equals the source: identity scores perfectly
     Image.fromarray(255 - src).save(views / "b30.png")
     f = tmp_path / "nvs.jsonl"
-    f.write_text(json.dumps({"id": "same", "source": "views/a0.png", "instruction": "turn 30", "target": "views/a30.png"})
+    f.write_text(json.dumps({"id": "same", "source": "views/a0.png", "instruction": "turn 30",
+                             "target": "views/a30.png"})
                  + "\n" + json.dumps({"id": "other", "source": "views/a0.png", "instruction": "turn 30",
                                        "target": "views/b30.png", "category": "inverted"}) + "\n")
     suite = get_suite("novel_view")

@@ -102,7 +102,8 @@ class Suite:
             seen[item.id] = where
             items.append(item)
         if not items:
-            raise SuiteFileError(f"{path}: no {self.name} items in it" + (f" ({len(skipped)} bad rows)" if skipped else ""))
+            bad = f" ({len(skipped)} bad rows)" if skipped else ""
+            raise SuiteFileError(f"{path}: no {self.name} items in it{bad}")
         return Loaded(items, skipped)
 
 

@@ -77,7 +77,8 @@ def _question(row) -> dict:
     try:
         deps = [int(d) for d in (row.get("dependency") or "0").split(",") if d.strip()]
     except ValueError:
-        raise RowError(f"field 'dependency' must be numbers separated by commas, got {row.get('dependency')!r}") from None
+        raise RowError(f"field 'dependency' must be numbers separated by commas, "
+                       f"got {row.get('dependency')!r}") from None
     question = (row.get("question_natural_language") or "").strip()
     if not question:
         raise RowError("field 'question_natural_language' is empty")

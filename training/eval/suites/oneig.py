@@ -76,7 +76,8 @@ class OneIG(Suite):
             data = json_file(path)
             if not isinstance(data, list):
                 raise SuiteFileError(f"{path}: expected a list of prompt objects")
-            return ((f"{path} [{i}]", r if isinstance(r, dict) else RowError("not an object")) for i, r in enumerate(data))
+            return ((f"{path} [{i}]", r if isinstance(r, dict) else RowError("not an object"))
+                    for i, r in enumerate(data))
         return csv_rows(path, ("category", "id", "prompt_cn" if zh else "prompt_en"))
 
     def item(self, raw, index, where):
