@@ -137,7 +137,8 @@ def test_category_and_best_per_category_ops():
     recs = [Record(key="a", image="a.png", caption="一张海报", meta={"annotation": {"visible_text": ["限时优惠"]}}),
             Record(key="b", image="b.png", caption="A cat", stats={"aesthetic": 2.0}),
             Record(key="c", image="c.png", caption="A dog", stats={"aesthetic": 5.0}),
-            Record(key="d", image="d.png", caption="A poster", stats={"ocr_text": "BIG SALE", "aesthetic": 1.0})]
+            Record(key="d", image="d.png", caption="A poster", stats={"ocr_text": "BIG SALE"},
+                   meta={"stats": {"aesthetic": 9.0, "ocr_text": "stale"}})]   # an earlier run's stats, under this one's
     run_op(build_op({"op": "category"}), [Item(r, data=b"never decoded") for r in recs])
     assert [(r.stats["category"], r.stats["language"], r.dropped) for r in recs] == [
         ("text_rendering/poster", "zh", None), ("general/animal", "none", None), ("general/animal", "none", None),
@@ -145,6 +146,8 @@ def test_category_and_best_per_category_ops():
     op = build_op({"op": "best_per_category", "top_n": 1, "rank_by": "aesthetic"})
     assert op.decide_all(recs) == {"b": "rank 2 in general/animal by aesthetic (keeps the best 1)",
                                    "a": "rank 2 in text_rendering/poster by aesthetic (keeps the best 1)"}
+    recs[3].meta["stats"]["aesthetic"], recs[0].stats["aesthetic"] = 0.0, 0.5
+    assert op.decide_all(recs)["d"] == "rank 2 in text_rendering/poster by aesthetic (keeps the best 1)"
     for table, why in [({"op": "best_per_category", "top_n": 0}, "top_n must be a positive integer"),
                        ({"op": "best_per_category", "rank_by": "x=y"}, "rank-by"),
                        ({"op": "category", "colour": 1}, "unknown option"),

@@ -6,7 +6,9 @@ the same rules `qwenimage data balance` applies to a finished manifest.
     { op = "best_per_category", top_n = 1000, rank_by = "aesthetic=1,clip_score=0.5" }
 
 The category op reads the caption, the annotator's fields (a manifest row's `annotation`, kept in the record's
-meta) and earlier statistics (`ocr_text`, `text_language` of the ocr_text op); it never decodes the image."""
+meta) and earlier statistics (`ocr_text`, `text_language` of the ocr_text op); it never decodes the image. Both
+also read the statistics an input manifest row already carries (its `stats`, from an earlier curation run), this
+run's winning where both have one."""
 from __future__ import annotations
 
 from ...taxonomy import Taxonomy, best_per_category, parse_rank_by
@@ -31,7 +33,7 @@ class Category(Op):
         rec = item.record
         ann = rec.meta.get("annotation") if isinstance(rec.meta.get("annotation"), dict) else {}
         caption = rec.meta.get("caption_recaption") or rec.caption or ""
-        a = self.taxonomy.assign(caption, ann, rec.stats)
+        a = self.taxonomy.assign(caption, ann, _stats(rec))
         return {"category": a.category, "language": a.language}
 
 
@@ -58,8 +60,14 @@ class BestPerCategory(GlobalOp):
 
     def decide_all(self, records: list[Record]) -> dict[str, str]:
         cats = [str(r.stats.get("category") or r.meta.get("category") or "default") for r in records]
-        rows = [r.stats for r in records]
+        rows = [_stats(r) for r in records]
         dropped = best_per_category(rows, cats, self.top_n, self.rank_by, [r.key for r in records])
         by = ",".join(f"{s}={w:g}" if w != 1 else s for s, w in self.rank_by.items())
         return {records[i].key: f"rank {rank} in {cats[i]} by {by} (keeps the best {self.top_n})"
                 for i, rank in dropped.items()}
+
+
+def _stats(rec: Record) -> dict:
+    """This run's statistics over those an input manifest row carried (a manifest curated before: `stats`)."""
+    before = rec.meta.get("stats")
+    return {**before, **rec.stats} if isinstance(before, dict) else rec.stats
