@@ -215,13 +215,14 @@ def test_a_scorer_failure_is_recorded_and_the_run_goes_on(tmp_path):
     assert got["i1"]["failures"] == {"picky": "judge answered 'maybe' three times"} and got["i2"]["failures"] == {}
     assert summary["overall"]["test_eval_run:brightness"] == pytest.approx(np.mean([n / 255 / 3 for n in range(3)]))
     assert len(pipe.calls) == 3
-    # a scorer that raises: its metrics are null for the images of that batch, with the reason; the others score
-    boom = [EvalItem("b0", "explode now", "c", 7)]
+    # a scorer that raises on one image: null with the reason for that image only; the batch's others are scored
+    boom = [EvalItem("b0", "explode now", "c", 7), EvalItem("b1", "a fish", "c", 8)]
     eval_run.evaluate(pipe, boom, specs, str(tmp_path / "b"), Settings(steps=1, width=16, height=16), report=False)
-    (row,) = rows(tmp_path / "b")
-    assert row["metrics"]["test_eval_run:picky"] is None and row["metrics"]["test_eval_run:brightness"] > 0
-    assert row["failures"] == {"test_eval_run:picky": "scorer 'test_eval_run:picky' failed: ConnectionError: "
-                                                      "judge server went away"}
+    b0, b1 = rows(tmp_path / "b")
+    assert b0["metrics"]["test_eval_run:picky"] is None and b0["metrics"]["test_eval_run:brightness"] > 0
+    assert b0["failures"] == {"test_eval_run:picky": "scorer 'test_eval_run:picky' failed: ConnectionError: "
+                                                     "judge server went away"}
+    assert b1["metrics"]["picky"] == 1.0 and b1["failures"] == {}
 
 
 class IdentityEdit(FakePipe):

@@ -140,24 +140,30 @@ class Scorers:
         failures = [{} for _ in items]
         for name, requires, fn in self.parts:
             idx = [i for i, it in enumerate(items) if requires is None or requires in it.meta]
-            if not idx:
-                continue
-            meta = [{**items[i].meta, "id": items[i].id, "category": items[i].category,
-                     "inputs": list(items[i].inputs)} for i in idx]
             try:
-                out = rewards.metrics(name, fn, [images[i] for i in idx], [items[i].prompt for i in idx], meta)
-            except Exception as e:  # the scorer failed on this batch: recorded per image, the run goes on
+                self._one(name, fn, idx, items, images, metrics, failures)
+            except Exception:  # the batch failed: each image alone, so one bad image does not sink the others
                 for i in idx:
-                    metrics[i][name] = None
-                    failures[i][name] = str(e)
-                continue
-            reasons = dict(getattr(fn, "failures", None) or {})
-            for metric, values in out.items():
-                for j, i in enumerate(idx):
-                    metrics[i][metric] = values[j]
-                    if values[j] is None:
-                        failures[i][metric] = reasons.get(j, "no value")
+                    try:
+                        self._one(name, fn, [i], items, images, metrics, failures)
+                    except Exception as e:  # recorded for this image; the run goes on
+                        metrics[i][name] = None
+                        failures[i][name] = str(e)
         return metrics, failures
+
+    @staticmethod
+    def _one(name, fn, idx, items, images, metrics, failures) -> None:
+        if not idx:
+            return
+        meta = [{**items[i].meta, "id": items[i].id, "category": items[i].category, "inputs": list(items[i].inputs)}
+                for i in idx]
+        out = rewards.metrics(name, fn, [images[i] for i in idx], [items[i].prompt for i in idx], meta)
+        reasons = dict(getattr(fn, "failures", None) or {})
+        for metric, values in out.items():
+            for j, i in enumerate(idx):
+                metrics[i][metric] = values[j]
+                if values[j] is None:
+                    failures[i][metric] = reasons.get(j, "no value")
 
 
 def score(run_dir: str, items: Sequence[EvalItem], settings: Settings, specs: list[dict], batch: int = 8,
@@ -172,16 +178,22 @@ def score(run_dir: str, items: Sequence[EvalItem], settings: Settings, specs: li
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="scoring", unit="image", disable=not progress)
+    failed: dict[str, list[str]] = {}
     for start in range(0, len(jobs), batch):
         group = jobs[start:start + batch]
         images = [load_image(os.path.join(run_dir, image_path(it, k)), f"item {it.id} image {k}") for it, k in group]
         metrics, failures = scorers([it for it, _ in group], images)
+        for f in failures:
+            for metric, reason in f.items():
+                failed.setdefault(metric, []).append(reason)
         append_rows(run_dir, [{"id": it.id, "k": k, "prompt": it.prompt, "category": it.category,
                                "seed": image_seed(it, k, settings), "image": image_path(it, k),
                                "inputs": list(it.inputs), "metrics": m, "failures": f}
                               for (it, k), m, f in zip(group, metrics, failures)])
         bar.update(len(group))
     bar.close()
+    for metric, reasons in failed.items():
+        print(f"note: {metric}: no value for {len(reasons)} of {len(jobs)} images (first: {reasons[0]})")
     return len(jobs)
 
 
