@@ -176,8 +176,7 @@ def test_missing_model_stops_the_run_naming_it(tmp_path):
 
 
 def _score_in_worker(op, data):
-    torch.set_num_threads(1)
-    return op.compute(Item(Record("w", "w.png"), data=data))
+    return op.compute(Item(Record("w", "w.png"), data=data)), torch.get_num_threads()
 
 
 def test_model_ops_pickle_without_their_model_and_run_in_a_worker(models):
@@ -189,8 +188,11 @@ def test_model_ops_pickle_without_their_model_and_run_in_a_worker(models):
     assert len(blob) < 4000                                       # the loaded model stays behind
     assert pickle.loads(blob)._loaded is None
     with mp.get_context("fork").Pool(1) as pool:                  # the engine's pool: the op goes through a pipe
-        there = pool.apply(_score_in_worker, (op, _png(0)))["nsfw"]
-    assert there == pytest.approx(here, abs=1e-5)
+        there, threads = pool.apply(_score_in_worker, (op, _png(0)))
+    assert there["nsfw"] == pytest.approx(here, abs=1e-5)
+    assert threads == 1                                           # one torch thread per pool worker
+    with pytest.raises(OpError, match="threads must be a positive integer"):
+        build_op({"op": "nsfw", "threads": 0})
 
 
 # ------------------------------------------------------------------------------------------- alignment

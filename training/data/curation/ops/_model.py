@@ -1,5 +1,5 @@
-"""What the model-based ops share: options (model, device, dtype, batch_size, offline), loading once per process,
-and errors that name the model.
+"""What the model-based ops share: options (model, device, dtype, batch_size, offline, threads), loading once per
+process, and errors that name the model.
 
 Ops are built in the parent process and handed to pool workers (forked, or pickled for Ray), so a model is loaded
 lazily on the first batch a process computes, never in `__init__`, and a pickled op leaves its loaded model behind.
@@ -21,13 +21,14 @@ class ModelOp(Op):
 
     def __init__(self, keep: Mapping | None = None, drop_if: Mapping | None = None, *, model: str | None = None,
                  device: str = "cpu", dtype: str = "float32", batch_size: int = 16, offline: bool = False,
-                 **options):
+                 threads: int | None = None, **options):
         super().__init__(keep, drop_if, **options)
         self.model = model if model is not None else self.default_model
         self.device, self.dtype, self.offline = str(device), str(dtype), bool(offline)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise OpError(f"op {self.name!r}: batch_size must be a positive integer, got {batch_size!r}")
-        self.batch_size = batch_size
+        for key, v in (("batch_size", batch_size), ("threads", threads)):
+            if (v is not None or key == "batch_size") and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise OpError(f"op {self.name!r}: {key} must be a positive integer, got {v!r}")
+        self.batch_size, self.threads = batch_size, threads
         self._loaded = None
 
     def __getstate__(self):
@@ -38,8 +39,21 @@ class ModelOp(Op):
     @property
     def loaded(self) -> Any:
         if self._loaded is None:
+            self._set_threads()
             self._loaded = self.load()
         return self._loaded
+
+    def _set_threads(self) -> None:
+        """`threads` torch threads; by default one in a pool worker, where the pool already has a process per core
+        (N workers x N threads each would oversubscribe the machine N-fold). Ray sets OMP_NUM_THREADS itself."""
+        import multiprocessing as mp
+
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        elif mp.parent_process() is not None:
+            torch.set_num_threads(1)
 
     def load(self) -> Any:
         raise NotImplementedError
