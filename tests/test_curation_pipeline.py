@@ -295,7 +295,7 @@ def _scene(seed, size=(720, 660)):
 
 
 def test_report_preset_end_to_end(tmp_path):
-    """The shipped preset (model ops and OCR skipped) over 24 synthetic images, some made to fail each stage."""
+    """The shipped preset (model ops and OCR skipped) over 25 synthetic files, some made to fail each stage."""
     import cv2
     from PIL import ImageFilter
 
@@ -315,6 +315,8 @@ def test_report_preset_end_to_end(tmp_path):
         put(f"good{i:02d}.jpg", _scene(i), quality=92)
     (raw / "trunc.jpg").write_bytes((raw / "good00.jpg").read_bytes()[:3000])
     put("trunc.jpg", None, why=("s1", "broken"))
+    (raw / "words.jpg").write_bytes(b"not an image at all")
+    put("words.jpg", None, why=("s1", "broken: not a readable image"))
     put("small.jpg", _scene(20, (200, 180)), why=("s1", "resolution: short_side"))
     put("near_dup.jpg", _scene(3).resize((650, 596)), quality=70, why=("s1", "dedup: near duplicate of"))
     put("blur.jpg", _scene(21).filter(ImageFilter.GaussianBlur(8)), why=("s2", "clarity"))
@@ -338,6 +340,7 @@ def test_report_preset_end_to_end(tmp_path):
     assert {k: (d["stage"], d["reason"]) for k, d in dropped.items() if k not in fail} == {}
     for name, (stage, why) in fail.items():
         assert dropped[name]["stage"] == stage and dropped[name]["reason"].startswith(why), (name, dropped[name])
+        assert " at 0x" not in dropped[name]["reason"]   # no memory address: the same words from every engine
     assert totals["kept"] == 14 and [s["name"] for s in totals["stages"]] == ["s1", "s2", "s3", "s4", "s5", "s6", "s7"]
     samples = load_samples(out / "manifest.jsonl", on_error="error", min_size=256)
     assert len(samples) == 14 and all(s.category.startswith("general") for s in samples)

@@ -106,7 +106,9 @@ def svg_histogram(values: list[tuple[float, bool]], limits, width=360, height=15
             if math.isfinite(bound):
                 x = pad + (bound - lo) / (hi - lo) * (width - 40)
                 out.append(f'<line class="threshold" x1="{x:.1f}" y1="5" x2="{x:.1f}" y2="{10 + plot_h}" '
-                           f'stroke="#d22" stroke-dasharray="4 2"><title>{_e(name)}: {bound:g}</title></line>')
+                           f'stroke="#d22" stroke-dasharray="4 2"><title>{_e(name)}: {bound:g}</title></line>'
+                           f'<text x="{x - 2 if x > width / 2 else x + 2:.1f}" y="{20}" font-size="9" fill="#d22" '
+                           f'text-anchor="{"end" if x > width / 2 else "start"}">{bound:.3g}</text>')
     out.append(f'<text x="{pad}" y="{height - 12}" font-size="10">{lo:.4g}</text>'
                f'<text x="{width - 10}" y="{height - 12}" font-size="10" text-anchor="end">{hi:.4g}</text>'
                f'<text x="{pad}" y="{height - 1}" font-size="10">n={len(values)}, max bin {top}</text></svg>')
@@ -114,7 +116,8 @@ def svg_histogram(values: list[tuple[float, bool]], limits, width=360, height=15
 
 
 def categorical(records) -> str:
-    """Booleans and short labels (has_qr, text_language, category): counts per value."""
+    """Booleans and short labels (has_qr, text_language, category): counts per value; identifiers (a hash, one
+    value per sample) are left out."""
     counts: dict[str, dict[str, int]] = {}
     for r in records:
         for k, v in r.stats.items():
@@ -122,7 +125,7 @@ def categorical(records) -> str:
                 c = counts.setdefault(k, {})
                 c[str(v)] = c.get(str(v), 0) + 1
     rows = [f"<tr><td>{_e(k)}</td><td>{', '.join(f'{_e(v)}: {n}' for v, n in sorted(c.items(), key=lambda t: -t[1]))}"
-            f"</td></tr>" for k, c in counts.items() if len(c) <= 30]
+            f"</td></tr>" for k, c in counts.items() if len(c) <= 30 and (len(c) < 4 or len(c) <= sum(c.values()) / 2)]
     return "<h3>Labels</h3><table>" + "".join(rows) + "</table>" if rows else ""
 
 
