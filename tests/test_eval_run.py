@@ -279,5 +279,7 @@ def test_a_missing_data_file_or_unknown_scorer_stops_before_loading(models, tmp_
     assert main(eval_args(models, prompt_file(tmp_path), tmp_path / "out", "--scorer", "no_such_scorer")) == 2
     assert "unknown scorer 'no_such_scorer'" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out" / "prompts" / "model_a" / "images")
+    assert main(eval_args(models, prompt_file(tmp_path), tmp_path / "out", "--compare", str(tmp_path / "nope"))) == 2
+    assert "nope: no such model, LoRA or run directory" in capsys.readouterr().err
     assert main(["eval", "--list"]) == 0
     assert "geneval" in capsys.readouterr().out

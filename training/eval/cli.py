@@ -64,6 +64,11 @@ def cmd_eval(a) -> int:
     for given, what in ((a.model, "--model"), (a.compare or [], "--compare")):
         if len(given) not in (0, 1, 3):
             raise ValueError(f"{what}: a diffusers model folder, or three files: diffusion model, text encoder, VAE")
+    import os
+
+    for path in [*a.model, *(a.compare or []), *(_lora_spec(x)[0] for x in a.lora or [])]:
+        if not os.path.exists(path):  # said now, not after the suite's images are planned
+            raise FileNotFoundError(f"{path}: no such model, LoRA or run directory")
     from .generate import Settings
     from .run import run_suite
 
