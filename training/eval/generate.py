@@ -27,7 +27,7 @@ class Settings:
     seed_base: int = 0
     negative_prompt: str | None = None
     shift: float | None = None
-    sampler: str = "euler (flow matching, official schedule)"
+    sampler: str = "euler (flow matching)"
 
     def to_dict(self) -> dict:
         return asdict(self)

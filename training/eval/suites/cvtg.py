@@ -16,7 +16,7 @@ import os
 import re
 
 from ..text_metrics import quoted_text
-from .base import EvalItem, RowError, Suite, SuiteFileError, item_seed, json_file, register
+from .base import EvalItem, RowError, Suite, SuiteFileError, item_seed, json_file, register, safe_id
 
 
 def _files(path: str) -> list[str]:
@@ -68,7 +68,7 @@ class CVTG2K(Suite):
         texts = quoted_text(prompt)
         if not texts:
             raise RowError("field 'prompt' quotes no text to render")
-        item_id = f"{raw['subset']}_{raw['regions']}_{raw['index']}"
+        item_id = safe_id(f"{raw['subset']}_{raw['regions']}_{raw['index']}")
         meta = {"texts": texts, "language": "en", "text_rule": "cvtg", "subset": raw["subset"],
                 **{k: raw[k] for k in ("carrier_list", "sentence_list") if raw.get(k)}}
         return EvalItem(item_id, prompt.strip(), f"{raw['regions']} regions", item_seed(item_id), meta=meta)

@@ -10,7 +10,7 @@ id is the prompt_id as 4 digits. Language: the file name (_zh) or Chinese charac
 Category: the row's "category" (sign, poster, ...) when given, else its "length". Rule "longtext" (E2)."""
 from __future__ import annotations
 
-from .base import EvalItem, RowError, Suite, has_cjk, item_seed, jsonl_rows, register, text_field
+from .base import EvalItem, RowError, Suite, has_cjk, item_seed, jsonl_rows, register, safe_id, text_field
 
 
 @register
@@ -34,7 +34,7 @@ class LongText(Suite):
         texts = [text] if isinstance(text, str) else text
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise RowError("field 'text' must be a non-empty string or list of strings")
-        item_id = f"{int(pid):04d}" if str(pid).isdigit() else str(pid)
+        item_id = f"{int(pid):04d}" if str(pid).isdigit() else safe_id(pid)
         zh = self._zh or has_cjk("".join(texts))
         category = str(raw.get("category") or raw.get("length") or "longtext")
         meta = {"texts": texts, "language": "zh" if zh else "en", "text_rule": "longtext",
