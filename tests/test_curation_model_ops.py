@@ -1,11 +1,13 @@
 """The model-based curation ops (nsfw, watermark, clip_alignment, aesthetic, face_mosaic) on tiny random models of
 the same architectures as their defaults, made here and loaded through the ops by path: statistics in range,
 batching equal to one by one, thresholds dropping, label and model errors, and ops that survive pickling to a
-worker. face_mosaic's measures run on given crops (no face detector ships offline)."""
+worker. face_mosaic's measures run on given crops, and its detection through OpenCV's YuNet runner on a
+YuNet-shaped network that finds bright squares (the real detector's weights are not shipped)."""
 from __future__ import annotations
 
 import io
 import multiprocessing as mp
+import os
 import pickle
 
 import numpy as np
@@ -375,20 +377,44 @@ def test_face_mosaic_op_measures_the_worst_face_and_keeps_images_without_faces(m
     assert item.stats == {"faces": 0, "face_mosaic": 0.0, "face_blur": 0.0} and item.record.dropped is None
 
 
-def test_face_boxes_are_scaled_from_the_analysis_copy_to_the_full_image(monkeypatch):
-    class FakeYuNet:                                               # cv2.FaceDetectorYN's interface
-        def setInputSize(self, size):
-            self.size = size
+FAKE_YUNET = os.path.join(os.path.dirname(__file__), "reference", "fake_yunet.onnx")
 
-        def detect(self, bgr):
-            assert bgr.shape[:2] == (self.size[1], self.size[0])
-            return 1, np.array([[100, 50, 64, 32] + [0] * 10 + [0.9]], np.float32)
 
-    op = build_op({"op": "face_mosaic"})
-    monkeypatch.setattr(op, "_detector", lambda: FakeYuNet())
-    buf = io.BytesIO()
-    Image.new("RGB", (1024, 768)).save(buf, "PNG")                 # analysis copy 512x384: boxes double
-    assert op.detect(Item(Record("x", "x.png"), data=buf.getvalue())) == [(200, 100, 128, 64)]
+def _bright_face(pixelate: bool) -> np.ndarray:
+    """A 64 x 64 bright textured square (what the fake YuNet takes for a face), pixelated in 16 px blocks or not."""
+    rng = np.random.default_rng(3)
+    face = cv2.GaussianBlur((200 + rng.random((64, 64)) * 55).astype(np.float32), (0, 0), 1.0)
+    if pixelate:
+        face = cv2.resize(cv2.resize(face, (4, 4), interpolation=cv2.INTER_AREA), (64, 64),
+                          interpolation=cv2.INTER_NEAREST)
+    return face
+
+
+def test_face_mosaic_through_opencv_yunet_end_to_end():
+    """OpenCV's own cv2.FaceDetectorYN with a YuNet-shaped network (tests/reference/make_fake_yunet.py) that
+    finds bright 32 px cells: detection on the 512 px analysis copy, boxes mapped back to the 1024 px image."""
+    def image(face):
+        canvas = np.zeros((640, 1024), np.float32)
+        if face is not None:
+            canvas[128:192, 192:256] = face                    # one 32 px cell at (96, 64) in the analysis copy
+        buf = io.BytesIO()
+        Image.fromarray(canvas.astype(np.uint8)).convert("RGB").save(buf, "PNG")
+        return Item(Record("f", "f.png"), data=buf.getvalue())
+
+    op = build_op({"op": "face_mosaic", "detector": FAKE_YUNET})
+    assert op.detect(image(_bright_face(False))) == [(192, 128, 64, 64)]
+    mosaic, sharp, empty = image(_bright_face(True)), image(_bright_face(False)), image(None)
+    run_op(op, [mosaic, sharp, empty])
+    assert mosaic.stats["faces"] == 1 and mosaic.stats["face_mosaic"] > 0.8
+    assert mosaic.record.dropped.startswith("face_mosaic: face_mosaic=")
+    assert sharp.stats["faces"] == 1 and sharp.stats["face_mosaic"] < 0.1 and sharp.stats["face_blur"] < 0.5
+    assert sharp.record.dropped is None
+    assert empty.stats == {"faces": 0, "face_mosaic": 0.0, "face_blur": 0.0} and empty.record.dropped is None
+    # a folder holding detector_file; the loaded detector stays behind when the op is pickled
+    op = build_op({"op": "face_mosaic", "detector": os.path.dirname(FAKE_YUNET), "detector_file": "fake_yunet.onnx"})
+    assert op.compute(image(_bright_face(False)))["faces"] == 1 and op._yunet is not None
+    copy = pickle.loads(pickle.dumps(op))
+    assert copy._yunet is None and copy.compute(image(_bright_face(False)))["faces"] == 1
 
 
 def test_face_detector_errors_name_the_file(tmp_path):
@@ -404,6 +430,3 @@ def test_face_detector_errors_name_the_file(tmp_path):
         build_op({"op": "face_mosaic", "detector": "nobody-here/no-yunet", "offline": True}).compute(item)
     with pytest.raises(OpError, match="mosaic_blocks"):
         build_op({"op": "face_mosaic", "mosaic_blocks": [16, 8]})
-    op = build_op({"op": "face_mosaic"})
-    op._yunet = object()
-    assert pickle.loads(pickle.dumps(op))._yunet is None
