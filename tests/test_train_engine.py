@@ -376,3 +376,23 @@ def test_caption_dropout_trains_some_samples_on_the_empty_prompt(world, tmp_path
         config(world, tmp_path / "bad", data={"caption_dropout": 1.0})
     with pytest.raises(ConfigError, match="text-to-image"):
         config(world, tmp_path / "bad", data={"caption_dropout": 0.1, "template": "edit"})
+
+
+def test_validation_scores_an_evaluation_suite_with_the_eval_library(world, tmp_path):
+    """validation.suite runs `qwenimage eval`'s path on the model being trained: its images, results.jsonl and
+    report in validation/step-N/eval, the overall means kept by step (and a config naming half of it refused)."""
+    prompts = tmp_path / "held_out.txt"
+    prompts.write_text("a red square\na blue square\n")
+    cfg = config(world, tmp_path / "out", train={"mode": "pretrain", "steps": 2},
+                 validation={"every": 1, "width": 32, "height": 32, "steps": 2, "cfg": 1.0, "suite": "prompts",
+                             "suite_data": str(prompts), "scorers": ["jpeg_compressibility"]})
+    summary = Trainer(cfg).run()
+    evals = summary["metrics"]["eval"]
+    assert sorted(evals) == ["1", "2"] and set(evals["2"]) == {"jpeg_compressibility"}
+    run = tmp_path / "out" / "validation" / "step-00000002" / "eval"
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and (run / "report.html").exists()
+    mean = sum(r["metrics"]["jpeg_compressibility"] for r in rows) / 2
+    assert evals["2"]["jpeg_compressibility"] == pytest.approx(mean)
+    with pytest.raises(ConfigError, match="validation.suite"):
+        config(world, tmp_path / "bad", validation={"suite": "prompts"})

@@ -194,6 +194,10 @@ class ValidationConfig:
     height: int = 1024
     steps: int = 30
     cfg: float = 4.0
+    suite: str = ""                   # an evaluation suite scored at every validation (qwenimage eval --list)
+    suite_data: str = ""              # its prompt/metadata file, as for qwenimage eval --data
+    suite_limit: int = 0              # 0: every item; N: its first N (held-out evaluation must stay short)
+    scorers: list = field(default_factory=list)   # [] the suite's own; or rewards specs (names or tables)
 
 
 @dataclass
@@ -328,6 +332,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.mode: {cfg.train.mode!r} starts from random weights: set model.preset")
     if cfg.train.mode in ("full", "lora", "vae_decoder", *RL_MODES) and not cfg.model.path:
         raise ConfigError(f"train.mode: {cfg.train.mode!r} fine-tunes a checkpoint: set model.path")
+    if bool(cfg.validation.suite) != bool(cfg.validation.suite_data):
+        raise ConfigError("validation.suite / validation.suite_data: give both (a suite name and its file) or neither")
+    if cfg.validation.suite_limit < 0:
+        raise ConfigError(f"validation.suite_limit: must be 0 or more, got {cfg.validation.suite_limit}")
     if not 0.0 <= cfg.data.caption_dropout < 1.0:
         raise ConfigError(f"data.caption_dropout: must be in [0, 1), got {cfg.data.caption_dropout!r}")
     if cfg.data.caption_dropout and (cfg.train.mode not in ("pretrain", "full", "lora") or cfg.data.template != "t2i"):

@@ -364,8 +364,8 @@ class Trainer:
         stages = cfg.stage_list()
         if cfg.train.mode in VAE_MODES and "before" not in self.metrics:
             self.measure("before")
-        if cfg.train.mode in ONLINE_MODES and cfg.validation.prompts and "reward" not in self.metrics:
-            self.validate()  # the held-out reward before training
+        if cfg.train.mode in ONLINE_MODES and validating(cfg) and not {"reward", "eval"} & set(self.metrics):
+            self.validate()  # the held-out reward (and suite scores) before training
         total_steps = sum(s.steps for s in stages)
         bar = tqdm(total=total_steps, initial=self.step, disable=not (acc.is_main_process and cfg.logging.progress),
                    desc="train", unit="step")
@@ -393,7 +393,7 @@ class Trainer:
                             step=self.step)
                 if self.step % cfg.output.save_every == 0 and self.stage_step < stage.steps:
                     self.save(sampler)
-                if cfg.validation.every and self.step % cfg.validation.every == 0 and cfg.validation.prompts:
+                if cfg.validation.every and self.step % cfg.validation.every == 0 and validating(cfg):
                     self.validate()
             self.save(sampler)  # every stage boundary writes a checkpoint
             self.stage_index, self.stage_step = self.stage_index + 1, 0
@@ -404,7 +404,7 @@ class Trainer:
                 self.measure("after")
             if acc.is_main_process:
                 outputs["metrics"] = write_metrics(self.metrics, cfg.output.dir)
-        if cfg.validation.prompts:
+        if validating(cfg):
             self.validate()
         acc.end_training()
         return {**self.summary(), "outputs": outputs}
@@ -491,11 +491,38 @@ class Trainer:
                         paths.append(path)
                         scored.append((prompt, img))
                         self._log_image(f"validation/{i:02d}-seed{seed}", img)
+                if v.suite:
+                    self.evaluate_suite(pipe, os.path.join(folder, "eval"))
             model.train()
-            if cfg.train.mode in ONLINE_MODES:
+            if cfg.train.mode in ONLINE_MODES and scored:
                 self.held_out_reward(scored)
         self.acc.wait_for_everyone()
         return paths
+
+    def evaluate_suite(self, pipe, out_dir: str) -> dict:
+        """validation.suite: the evaluation library's run (same sampler, scorers, results.jsonl and report.html as
+        `qwenimage eval`) on the held-out items; the overall means logged as eval/<metric> and kept by step."""
+        from .eval.generate import Settings
+        from .eval.run import evaluate
+        from .eval.suites.base import get_suite
+
+        v = self.cfg.validation
+        if getattr(self, "_suite", None) is None:  # read (and checked) once per run
+            suite = get_suite(v.suite)
+            items = suite.load(v.suite_data).items
+            items = items[:v.suite_limit] if v.suite_limit else items
+            self._suite = (items, v.scorers or suite.default_scorers(items))
+        items, scorers = self._suite
+        settings = Settings(steps=v.steps, cfg=v.cfg, width=v.width, height=v.height, images_per_prompt=1,
+                            negative_prompt=v.negative_prompt)
+        summary = evaluate(pipe, items, scorers, out_dir, settings, suite=v.suite)
+        overall = {k: val for k, val in (summary or {}).get("overall", {}).items() if val is not None}
+        self.metrics.setdefault("eval", {})[str(self.step)] = overall
+        log.info("evaluation (%s) at step %d: %s", v.suite, self.step,
+                 ", ".join(f"{k} {val:.4f}" for k, val in overall.items()))
+        if self.cfg.logging.tensorboard and overall:
+            self.acc.log({f"eval/{k}": val for k, val in overall.items()}, step=self.step)
+        return summary
 
     def held_out_reward(self, scored) -> float:
         """RL: the mean reward of the validation images (held-out prompts), logged and kept by step in metrics."""
@@ -514,6 +541,11 @@ class Trainer:
 
         tracker = self.acc.get_tracker("tensorboard", unwrap=True)
         tracker.add_image(tag, np.asarray(img), self.step, dataformats="HWC")
+
+
+def validating(cfg: Config) -> bool:
+    """Whether validation runs: fixed prompts to sample, or an evaluation suite to score."""
+    return bool(cfg.validation.prompts or cfg.validation.suite)
 
 
 def train(cfg: Config, resume=None) -> dict:
