@@ -363,6 +363,9 @@ def test_cli_prints_the_funnel_and_names_errors(data, tmp_path, capsys, monkeypa
     assert main(["data", "curate", str(data[0]), "--out", str(tmp_path / "o2"), "--pipeline", str(toml),
                  "--skip", "nsfw"]) == 2
     assert "--skip nsfw: no op 'nsfw'" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["data", "curate", str(tmp_path / "empty"), "--out", str(tmp_path / "o4"), "--pipeline", str(toml)]) == 2
+    assert "no images found in" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)   # ray not installed: one line naming the extra
     assert main(["data", "curate", str(data[0]), "--out", str(tmp_path / "o3"), "--pipeline", str(toml),
                  "--ray", "--no-progress"]) == 2

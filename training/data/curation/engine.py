@@ -156,8 +156,19 @@ def _check_plan(out: str, pipeline: Pipeline, shard_size: int, records: list[Rec
 _W: dict = {}
 
 
-def _init_worker(steps):
+def _init_worker(steps, threads: int):
+    """A pool worker: the phase's ops, and its share of the cores for OpenCV and torch (a process per core, each
+    with every core's threads, would oversubscribe the machine)."""
+    import sys
+
     _W["steps"] = steps
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    try:
+        import cv2
+        cv2.setNumThreads(threads)
+    except ImportError:
+        pass
 
 
 def _pool_shard(task):
@@ -175,7 +186,8 @@ def local_map(steps: list[Step], tasks, workers: int):
 
     # fork where there is one: the workers inherit the built ops (and toy ops registered by a test) unpickled
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    pool = ctx.Pool(min(workers, len(tasks)), _init_worker, (steps,))
+    workers = min(workers, len(tasks))
+    pool = ctx.Pool(workers, _init_worker, (steps, max(1, (os.cpu_count() or 1) // workers)))
     try:
         yield from pool.imap_unordered(_pool_shard, tasks)
         pool.close()   # done: let the workers exit on their own
@@ -196,6 +208,8 @@ def curate(inputs, out: str, pipeline: Pipeline, *, workers: int | None = None, 
     workers = workers or os.cpu_count() or 1
     shard_size = shard_size or pipeline.shard_size
     records = read_inputs(inputs)
+    if not records:
+        raise CurationError(f"no images found in {', '.join(map(str, inputs))}")
     _check_plan(out, pipeline, shard_size, records)
     shards = [records[i:i + shard_size] for i in range(0, len(records), shard_size)]
     if ray:
