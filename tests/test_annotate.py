@@ -27,7 +27,8 @@ def test_parse_annotation_types_the_fields_and_names_what_is_wrong():
     assert (ann.abnormal_element, ann.watermark_list, ann.visible_text) == ("yes", [], ["通义千问", "Qwen"])
     for answer, why in [("I cannot describe this image.", "no JSON object"),
                         ('{"Caption": "", "Image Type": "photo", "Image Style": "real"}', "caption: expected"),
-                        ('{"Caption": "a cat", "Image Style": "real", "Abnormal Element": "no"}', "image_type: .*missing"),
+                        ('{"Caption": "a cat", "Image Style": "real", "Abnormal Element": "no"}',
+                         "image_type: .*missing"),
                         ('{"Caption": "a cat", "Image Type": "photo", "Image Style": "real", "Abnormal Element": '
                          '"maybe"}', "abnormal_element"),
                         ('{"Caption": "a cat", "Image Type": "photo", "Image Style": "real", "Abnormal Element": "no",'
@@ -85,14 +86,16 @@ def tiny_vl(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def annotator(tiny_vl):
-    return A.Annotator(str(tiny_vl), tokenizer=str(bundled_tokenizer_dir()), offline=True, dtype="float32", max_new_tokens=4, retries=2,
+    return A.Annotator(str(tiny_vl), tokenizer=str(bundled_tokenizer_dir()), offline=True, dtype="float32",
+                       max_new_tokens=4, retries=2,
                        min_pixels=28 * 28, max_pixels=16 * 28 * 28)
 
 
 def test_real_generate_batched_with_left_padding_matches_one_by_one(annotator):
     images = [Image.new("RGB", (56, 56), "red"), Image.new("RGB", (112, 84), "blue")]   # 4 and 12 image tokens
-    batched = annotator.generate(images, [A.ANNOTATOR_PROMPT] * 2, 0)
-    alone = [annotator.generate([im], [A.ANNOTATOR_PROMPT], 0)[0] for im in images]
+    question = "Describe the image."   # short: the tiny model's answer then depends on the image
+    batched = annotator.generate(images, [question] * 2, 0)
+    alone = [annotator.generate([im], [question], 0)[0] for im in images]
     assert len(batched) == 2 and all(isinstance(a, str) for a in batched) and batched[0] != batched[1]
     assert batched == alone      # left padding: each row's answer is what it gets alone
     # A random model's answer is no JSON: asked again (sampled), then a failure with its last answer; an image the

@@ -14,8 +14,9 @@ from qwenimage.training.data.curation.op import Item, OpError, Record, build_op,
 
 
 @pytest.mark.parametrize("caption, ann, stats, category, language", [
-    ('A red poster with the words "Grand Opening"', {"image_type": "poster", "image_style": "flat",
-                                                     "visible_text": ["Grand Opening"]}, {}, "text_rendering/poster", "en"),
+    ('A red poster with the words "Grand Opening"',
+     {"image_type": "poster", "image_style": "flat", "visible_text": ["Grand Opening"]}, {},
+     "text_rendering/poster", "en"),
     ("一张海报，上面写着“通义千问图像生成”", {}, {}, "text_rendering/poster", "zh"),
     ("A scanned page of a contract", {"image_type": "document"}, {"ocr_text": "第一条 合同双方"},
      "text_rendering/document", "zh"),
@@ -138,7 +139,7 @@ def test_category_and_best_per_category_ops():
             Record(key="b", image="b.png", caption="A cat", stats={"aesthetic": 2.0}),
             Record(key="c", image="c.png", caption="A dog", stats={"aesthetic": 5.0}),
             Record(key="d", image="d.png", caption="A poster", stats={"ocr_text": "BIG SALE"},
-                   meta={"stats": {"aesthetic": 9.0, "ocr_text": "stale"}})]   # an earlier run's stats, under this one's
+                   meta={"stats": {"aesthetic": 9.0, "ocr_text": "stale"}})]   # an earlier run's, under this run's
     run_op(build_op({"op": "category"}), [Item(r, data=b"never decoded") for r in recs])
     assert [(r.stats["category"], r.stats["language"], r.dropped) for r in recs] == [
         ("text_rendering/poster", "zh", None), ("general/animal", "none", None), ("general/animal", "none", None),

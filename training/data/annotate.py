@@ -1,7 +1,9 @@
 """Structured annotation with Qwen2.5-VL, as the report's annotator (Fig. 12): one answer per image, a JSON object
 with a caption and quality fields, turned into the Raw / Recaption / Fused caption splits the trainer reads.
 
-The model answers {"Caption", "Image Type", "Image Style", "Watermark List", "Abnormal Element", "Visible Text"}.
+The model answers {"Caption", "Image Type", "Image Style", "Watermark List", "Abnormal Element"} (the report's
+keys; the caption's four rules as Fig. 12, the examples of types and styles ours) plus "Visible Text" (ours: the
+taxonomy and language split read it; a missing one falls back to the caption's quoted spans).
 An answer is parsed (the JSON object found in it, code fences and chatter around it ignored), its fields typed;
 a malformed one is asked again with sampling (`retries` times, seeds 1, 2, ... in a forked RNG, as vlm_judge),
 then recorded as a failure with the last answer. Images go through in batches (left padding, so every row's new
@@ -31,11 +33,10 @@ You are a professional image annotator. Please complete the following tasks base
  - Vision relations between objects, such as spatial, functional, possessive, attachment, action, comparative and \
 causal relations
  - Environmental details, such as weather, lighting, colors, textures, atmosphere, and so on
- - The text clearly visible in the image, verbatim, without translation or explanation, highlighted in the caption \
-with quotation marks
-3. Maintain authenticity and accuracy: avoid generalizations; describe all visible information in the image, and \
+3. Identify the text clearly visible in the image, verbatim, without translation or explanation, and highlight it \
+in the caption with quotation marks.
+4. Maintain authenticity and accuracy: avoid generalizations; describe all visible information in the image, and \
 do not add information not explicitly shown in the image.
-4. Write the caption in the language of the image's main text if it has any, otherwise in English.
 ## Step 2: Image Quality Assessment
 - Image Type: identify the image's type from its source and use (e.g. photograph, poster, document, screenshot, \
 slide, illustration, painting, comic, product image, chart, certificate).
@@ -163,7 +164,8 @@ def fuse_rule(raw: str | None, recaption: str) -> str:
 
 
 def parse_ratios(spec) -> dict[str, float]:
-    """"raw=0.2,recaption=0.4,fused=0.4" (or a dict) -> normalised {split: share}; unknown split or bad number -> error."""
+    """"raw=0.2,recaption=0.4,fused=0.4" (or a dict) -> normalised {split: share}; an unknown split or a bad
+    number is an error naming it."""
     if isinstance(spec, str):
         items = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
@@ -294,7 +296,8 @@ class Annotator:
         return results
 
     def fuse_captions(self, images, raws: list[str], recaptions: list[str]) -> list[str | None]:
-        """The fused captions by the fuse prompt (fuse="model") for rows with a raw caption; None elsewhere (the rule)."""
+        """The fused captions by the fuse prompt (fuse="model") for rows with a raw caption; None elsewhere (the
+        rule then)."""
         if self.fuse != "model":
             return [None] * len(images)
         ask = [i for i, r in enumerate(raws) if r]

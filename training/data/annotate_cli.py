@@ -11,12 +11,16 @@ def cmd_annotate(a) -> int:
 
     try:
         ratios = parse_ratios(a.split)
-        annotator = Annotator(a.model, retries=a.retries, max_new_tokens=a.max_new_tokens, device=a.device,
+        prompt = {}
+        if a.prompt:
+            with open(a.prompt, encoding="utf-8") as fh:
+                prompt = {"prompt": fh.read().strip()}
+        annotator = Annotator(a.model, **prompt, retries=a.retries, max_new_tokens=a.max_new_tokens, device=a.device,
                               dtype=a.dtype, offline=a.offline, fuse=a.fuse, min_pixels=a.min_pixels * 28 * 28,
                               max_pixels=a.max_pixels * 28 * 28)
         counts = annotate_manifest(a.manifest, a.out, annotator, batch=a.batch, ratios=ratios, limit=a.limit,
                                    redo_failures=a.redo_failures, progress=not a.no_progress)
-    except (ModelMissing, ValueError, FileNotFoundError) as e:
+    except (ModelMissing, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{counts['annotated']} annotated, {counts['failed']} failed (-> {failures_path(a.out)}), "
@@ -55,6 +59,7 @@ def register(data) -> None:
                    help="caption split ratios, chosen per row from its key (default raw=0.2,recaption=0.4,fused=0.4)")
     s.add_argument("--fuse", choices=("rule", "model"), default="rule",
                    help="fused caption: the documented rule (default) or a fuse prompt to the same model")
+    s.add_argument("--prompt", help="a text file replacing the annotator prompt (answer: the same JSON keys)")
     s.add_argument("--max-new-tokens", type=int, default=1024)
     s.add_argument("--min-pixels", type=int, default=256, help="image size floor in 28x28 patches (default 256)")
     s.add_argument("--max-pixels", type=int, default=1280, help="image size cap in 28x28 patches (default 1280)")

@@ -227,7 +227,8 @@ def quality_scores(rows, rank_by: dict[str, float]) -> list[float]:
     scores = []
     for i in range(len(rows)):
         parts = [z[s][i] for s in rank_by]
-        scores.append(-math.inf if any(p is None for p in parts) else sum(w * p for w, p in zip(rank_by.values(), parts)))
+        missing = any(p is None for p in parts)
+        scores.append(-math.inf if missing else sum(w * p for w, p in zip(rank_by.values(), parts)))
     return scores
 
 
