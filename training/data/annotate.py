@@ -397,6 +397,7 @@ def read_rows(source: str, out_dir: str) -> tuple[list[dict], list[str]]:
         if not row["stats"]:
             del row["stats"]
         row["image"] = os.path.join(out_dir, row["image"])    # absolute; a writer makes it relative to its output
+        row.pop("key", None)                                    # an annotated row read again: this run's key
         rows.append({"key": r.key, **row})
     return rows, problems
 
