@@ -41,6 +41,7 @@ class Picky:
         if any("explode" in p for p in prompts):
             raise ConnectionError("judge server went away")
         self.failures = {i: "judge answered 'maybe' three times" for i, p in enumerate(prompts) if "text" in p}
+        self.details = {i: {"answer": p.upper()} for i, p in enumerate(prompts)}  # what the judge said
         return {"picky": [None if i in self.failures else 1.0 for i in range(len(prompts))],
                 "seen_id": [float(len(m["id"])) for m in metadata]}
 
@@ -213,6 +214,7 @@ def test_a_scorer_failure_is_recorded_and_the_run_goes_on(tmp_path):
     assert got["i0"]["metrics"]["picky"] == 1.0 and got["i0"]["metrics"]["seen_id"] == 2.0
     assert got["i1"]["metrics"]["picky"] is None and got["i1"]["metrics"]["seen_id"] == 2.0
     assert got["i1"]["failures"] == {"picky": "judge answered 'maybe' three times"} and got["i2"]["failures"] == {}
+    assert got["i2"]["details"] == {"test_eval_run:picky": {"answer": "A DOG"}}  # kept for the report
     assert summary["overall"]["test_eval_run:brightness"] == pytest.approx(np.mean([n / 255 / 3 for n in range(3)]))
     assert len(pipe.calls) == 3
     # a scorer that raises on one image: null with the reason for that image only; the batch's others are scored

@@ -3,7 +3,8 @@
 
   run.json       suite, model, data file, sampling settings, scorer specs, when, package version
   images/        <id>_<k>.png, the k-th image of an item (seed = seed_base + item.seed + k)
-  results.jsonl  one row per scored image: id, k, prompt, category, seed, image, inputs, metrics, failures
+  results.jsonl  one row per scored image: id, k, prompt, category, seed, image, inputs, metrics, failures,
+                 details (what the scorers said: OCR read-back, judge answers), when any
   skipped.jsonl  rows of the suite file left out with on_error="skip"
 
 Resuming is the default: images on disk are not made again and rows in results.jsonl are not scored again. A run
@@ -134,36 +135,42 @@ class Scorers:
             name, fn = rewards.build(spec)
             self.parts.append((name, requires, fn))
 
-    def __call__(self, items: list[EvalItem], images: list) -> tuple[list[dict], list[dict]]:
-        """-> (metrics, failures), one dict each per image."""
+    def __call__(self, items: list[EvalItem], images: list) -> tuple[list[dict], list[dict], list[dict]]:
+        """-> (metrics, failures, details), one dict each per image; details: what a scorer said about the image
+        (its `fn.details[i]`: OCR read-back, judge answers), for the report."""
         metrics = [{} for _ in items]
         failures = [{} for _ in items]
+        details = [{} for _ in items]
         for name, requires, fn in self.parts:
             idx = [i for i, it in enumerate(items) if requires is None or requires in it.meta]
             try:
-                self._one(name, fn, idx, items, images, metrics, failures)
+                self._one(name, fn, idx, items, images, metrics, failures, details)
             except Exception:  # the batch failed: each image alone, so one bad image does not sink the others
                 for i in idx:
                     try:
-                        self._one(name, fn, [i], items, images, metrics, failures)
+                        self._one(name, fn, [i], items, images, metrics, failures, details)
                     except Exception as e:  # recorded for this image; the run goes on
                         metrics[i][name] = None
                         failures[i][name] = str(e)
-        return metrics, failures
+        return metrics, failures, details
 
     @staticmethod
-    def _one(name, fn, idx, items, images, metrics, failures) -> None:
+    def _one(name, fn, idx, items, images, metrics, failures, details) -> None:
         if not idx:
             return
         meta = [{**items[i].meta, "id": items[i].id, "category": items[i].category, "inputs": list(items[i].inputs)}
                 for i in idx]
         out = rewards.metrics(name, fn, [images[i] for i in idx], [items[i].prompt for i in idx], meta)
         reasons = dict(getattr(fn, "failures", None) or {})
+        said = getattr(fn, "details", None)
         for metric, values in out.items():
             for j, i in enumerate(idx):
                 metrics[i][metric] = values[j]
                 if values[j] is None:
                     failures[i][metric] = reasons.get(j, "no value")
+        for j, i in enumerate(idx):
+            if isinstance(said, dict) and j in said:
+                details[i][name] = said[j]
 
 
 def score(run_dir: str, items: Sequence[EvalItem], settings: Settings, specs: list[dict], batch: int = 8,
@@ -182,14 +189,14 @@ def score(run_dir: str, items: Sequence[EvalItem], settings: Settings, specs: li
     for start in range(0, len(jobs), batch):
         group = jobs[start:start + batch]
         images = [load_image(os.path.join(run_dir, image_path(it, k)), f"item {it.id} image {k}") for it, k in group]
-        metrics, failures = scorers([it for it, _ in group], images)
+        metrics, failures, details = scorers([it for it, _ in group], images)
         for f in failures:
             for metric, reason in f.items():
                 failed.setdefault(metric, []).append(reason)
         append_rows(run_dir, [{"id": it.id, "k": k, "prompt": it.prompt, "category": it.category,
                                "seed": image_seed(it, k, settings), "image": image_path(it, k),
-                               "inputs": list(it.inputs), "metrics": m, "failures": f}
-                              for (it, k), m, f in zip(group, metrics, failures)])
+                               "inputs": list(it.inputs), "metrics": m, "failures": f, **({"details": d} if d else {})}
+                              for (it, k), m, f, d in zip(group, metrics, failures, details)])
         bar.update(len(group))
     bar.close()
     for metric, reasons in failed.items():
