@@ -132,6 +132,16 @@ def test_data_balance_writes_what_the_trainer_reads(tmp_path, capsys):
     assert per_cat == pytest.approx({c: 1 / 3 for c in per_cat}, rel=1e-5)
     assert main(["data", "balance", str(src), "--out", str(out), "--target", "poster=1"]) == 2
     assert "no share for category" in capsys.readouterr().err
+    # The annotator's quality flags: 1 poster marked abnormal, 2 with a watermark.
+    rows = [json.loads(line) for line in src.read_text().splitlines()]
+    rows[6]["annotation"]["abnormal_element"] = "yes"
+    rows[7]["annotation"]["watermark_list"] = ["stock.com"]
+    rows[8]["annotation"]["watermark_list"] = ["stock.com"]
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    assert main(["data", "balance", str(src), "--out", str(tmp_path / "o2"), "--drop-abnormal",
+                 "--drop-watermarked"]) == 0
+    assert "1 rows dropped: annotated abnormal\n2 rows dropped: annotated watermarked\n9 of 12 rows kept" in \
+        capsys.readouterr().out
 
 
 def test_category_and_best_per_category_ops():

@@ -34,11 +34,15 @@ def cmd_balance(a) -> int:
     try:
         result = balance(a.manifest, a.out, top_n=a.top_n, rank_by=a.rank_by, target=a.target,
                          max_boost=a.max_boost, taxonomy=a.taxonomy, min_text_chars=a.min_text_chars,
-                         keep_categories=a.keep_categories)
+                         keep_categories=a.keep_categories, drop_abnormal=a.drop_abnormal,
+                         drop_watermarked=a.drop_watermarked)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(result["table"]))
+    for why in ("abnormal", "watermarked"):
+        if result[why]:
+            print(f"{result[why]} rows dropped: annotated {why}")
     print(f"{result['kept']} of {result['rows']} rows kept -> {a.out}/manifest.jsonl; weights -> "
           f"{a.out}/category_weights.toml; counts -> {a.out}/counts.csv")
     return 0
@@ -83,4 +87,7 @@ def register(data) -> None:
     b.add_argument("--min-text-chars", type=int, default=4, help="text length that makes a sample text rendering")
     b.add_argument("--keep-categories", action="store_true",
                    help="keep categories the rows already have (other than 'default') instead of re-assigning")
+    b.add_argument("--drop-abnormal", action="store_true",
+                   help="leave out rows the annotator marked Abnormal Element: yes (QR code, barcode, mosaic)")
+    b.add_argument("--drop-watermarked", action="store_true", help="leave out rows whose annotation lists a watermark")
     b.set_defaults(fn=cmd_balance)

@@ -348,9 +348,10 @@ def weights_toml(shares: dict[str, float], section: str = "data.category_weights
 
 def balance(manifest: str, out_dir: str, *, top_n: int = 0, rank_by="aesthetic", target="power:0.5",
             max_boost: float = 10.0, taxonomy: str | None = None, min_text_chars: int = 4,
-            keep_categories: bool = False) -> dict:
+            keep_categories: bool = False, drop_abnormal: bool = False, drop_watermarked: bool = False) -> dict:
     """Categorise, keep the best `top_n` per category (0: all), weight the categories; writes OUT/manifest.jsonl,
-    OUT/category_weights.toml, OUT/counts.csv and returns the counts table."""
+    OUT/category_weights.toml, OUT/counts.csv and returns the counts table. drop_abnormal / drop_watermarked
+    leave out rows whose annotation says "Abnormal Element: yes" / lists a watermark, before the ranking."""
     from .annotate import read_rows, relative_paths
 
     tax = Taxonomy.load(taxonomy, min_text_chars)
@@ -366,10 +367,22 @@ def balance(manifest: str, out_dir: str, *, top_n: int = 0, rank_by="aesthetic",
         if not (keep_categories and row.get("category") not in (None, "", "default")):
             row["category"] = a.category
         row["language"] = a.language
-    cats = [r["category"] for r in rows]
-    dropped = best_per_category(rows, cats, top_n, parse_rank_by(rank_by),
-                                [str(r.get("key") or r["image"]) for r in rows]) if top_n > 0 else {}
-    kept = [r for i, r in enumerate(rows) if i not in dropped]
+    flagged = Counter()
+    live = []
+    for r in rows:
+        ann = r.get("annotation") if isinstance(r.get("annotation"), dict) else {}
+        if drop_abnormal and ann.get("abnormal_element") == "yes":
+            flagged["abnormal"] += 1
+        elif drop_watermarked and ann.get("watermark_list"):
+            flagged["watermarked"] += 1
+        else:
+            live.append(r)
+    cats = [r["category"] for r in live]
+    dropped = best_per_category(live, cats, top_n, parse_rank_by(rank_by),
+                                [str(r.get("key") or r["image"]) for r in live]) if top_n > 0 else {}
+    kept = [r for i, r in enumerate(live) if i not in dropped]
+    if not kept:
+        raise ValueError(f"{manifest}: no rows left to balance ({dict(flagged)} dropped by their annotation)")
     counts = Counter(r["category"] for r in kept)
     shares = category_shares(dict(counts), parse_target(target) if isinstance(target, str) else target, max_boost)
     table = counts_table(rows, kept, shares)
@@ -378,6 +391,7 @@ def balance(manifest: str, out_dir: str, *, top_n: int = 0, rank_by="aesthetic",
     _write(os.path.join(out_dir, "category_weights.toml"), weights_toml(shares))
     _write(os.path.join(out_dir, "counts.csv"), format_csv(table))
     return {"rows": len(rows), "kept": len(kept), "skipped_bad_rows": len(problems), "table": table,
+            "abnormal": flagged["abnormal"], "watermarked": flagged["watermarked"],
             "shares": shares}
 
 
