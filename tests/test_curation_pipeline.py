@@ -117,7 +117,8 @@ def data(tmp_path):
     with tarfile.open(tar, "w") as tf:
         for name, data in [("a/0001.png", _png((10, 220, 220))), ("a/0001.txt", b"cyan"),
                            ("a/0002.png", _png((220, 120, 10))[:50]), ("a/0002.txt", b"cut member"),
-                           ("a/0003.png", _png((100, 20, 60))), ("a/0003.json", json.dumps({"caption": "wine"}).encode())]:
+                           ("a/0003.png", _png((100, 20, 60))),
+                           ("a/0003.json", json.dumps({"caption": "wine"}).encode())]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
@@ -244,7 +245,8 @@ def test_report_has_funnel_histograms_thresholds_and_samples(data, tmp_path):
 
 def test_config_errors_name_file_stage_and_op(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[[stage]]\nname = "s1"\nops = [{ op = "toy_size" }, { op = "toy_luma", keep = { lum = [0, 1] } }]\n')
+    bad.write_text('[[stage]]\nname = "s1"\n'
+                   'ops = [{ op = "toy_size" }, { op = "toy_luma", keep = { lum = [0, 1] } }]\n')
     with pytest.raises(pl.PipelineError, match=r"bad.toml: stage 's1', op 2 \(toy_luma\): .*no statistic 'lum'"):
         pl.load_pipeline(str(bad))
     bad.write_text('[[stage]]\nname = "s1"\nops = [{ op = "nope" }]\n')
@@ -364,7 +366,8 @@ def test_cli_prints_the_funnel_and_names_errors(data, tmp_path, capsys, monkeypa
                  "--skip", "nsfw"]) == 2
     assert "--skip nsfw: no op 'nsfw'" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["data", "curate", str(tmp_path / "empty"), "--out", str(tmp_path / "o4"), "--pipeline", str(toml)]) == 2
+    assert main(["data", "curate", str(tmp_path / "empty"), "--out", str(tmp_path / "o4"),
+                 "--pipeline", str(toml)]) == 2
     assert "no images found in" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)   # ray not installed: one line naming the extra
     assert main(["data", "curate", str(data[0]), "--out", str(tmp_path / "o3"), "--pipeline", str(toml),

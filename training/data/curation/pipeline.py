@@ -188,7 +188,8 @@ def build(raw: dict, source: str = "<dict>") -> Pipeline:
         names.add(sname)
         extra = sorted(set(st) - set(STAGE_KEYS))
         if extra:
-            raise PipelineError(f"{source}: stage {sname!r}: unknown key(s) {', '.join(extra)} (keys: name, title, ops)")
+            raise PipelineError(f"{source}: stage {sname!r}: unknown key(s) {', '.join(extra)} "
+                                f"(keys: name, title, ops)")
         tables = st.get("ops", [])
         if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
             raise PipelineError(f"{source}: stage {sname!r}: ops must be a list of op tables {{ op = \"...\", ... }}")

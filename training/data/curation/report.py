@@ -12,7 +12,6 @@ import io
 import math
 import os
 
-from PIL import Image
 
 from .op import decode
 from .pipeline import Pipeline
