@@ -12,7 +12,6 @@ import io
 import math
 import os
 
-
 from .op import decode
 from .pipeline import Pipeline
 from .sources import read_bytes
