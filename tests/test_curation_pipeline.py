@@ -182,6 +182,14 @@ def test_manifest_loads_in_the_trainer(data, tmp_path):
     assert len(samples) == 10 and {s.category for s in samples} >= {"cats", "flat", "default"}
 
 
+def test_a_curated_manifest_curated_again_keeps_its_earlier_statistics(data, tmp_path):
+    _run(data, tmp_path / "out", workers=1)
+    raw = {"name": "again", "stage": [{"name": "s", "ops": [{"op": "toy_caption"}]}]}
+    _run([str(tmp_path / "out" / "manifest.jsonl")], tmp_path / "again", workers=1, raw=raw)
+    rows = [json.loads(line) for line in (tmp_path / "again" / "manifest.jsonl").read_text().splitlines()]
+    assert rows and all({"toy_luma", "caption_empty", "width"} <= set(r["stats"]) for r in rows)
+
+
 def test_workers_one_two_and_ray_write_the_same_manifest(data, tmp_path, monkeypatch):
     for w in (1, 2):
         _run(data, tmp_path / f"w{w}", workers=w)

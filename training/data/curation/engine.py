@@ -337,4 +337,5 @@ def manifest_row(out: str, r: Record) -> dict:
     meta.pop("category", None)
     weight = meta.pop("weight", 1.0)
     row["weight"] = weight if isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0 else 1.0
-    return {**row, **{k: v for k, v in meta.items() if k not in ("stats",)}, "stats": r.stats}
+    earlier = meta.get("stats") if isinstance(meta.get("stats"), dict) else {}  # a curated manifest curated again
+    return {**row, **{k: v for k, v in meta.items() if k not in ("stats",)}, "stats": {**earlier, **r.stats}}
