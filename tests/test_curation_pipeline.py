@@ -182,6 +182,26 @@ def test_manifest_loads_in_the_trainer(data, tmp_path):
     assert len(samples) == 10 and {s.category for s in samples} >= {"cats", "flat", "default"}
 
 
+@register("toy_needs_caption")
+class ToyNeedsCaption(Op):
+    """Drops everything it judges: only samples with a caption are judged."""
+    stats = ("judged",)
+    needs_caption = True
+    default_drop_if = {"judged": True}
+
+    def compute(self, item):
+        return {"judged": True}
+
+
+def test_caption_ops_pass_samples_without_a_caption():
+    from qwenimage.training.data.curation.op import Item, Record, build_op, run_op
+
+    recs = [Record("a", "a.png", caption="a cat"), Record("b", "b.png", caption=None), Record("c", "c.png", caption=" ")]
+    run_op(build_op({"op": "toy_needs_caption"}), [Item(r, b"") for r in recs])
+    assert [r.dropped for r in recs] == ["toy_needs_caption: judged=True", None, None]
+    assert recs[1].stats == {} and recs[2].stats == {}
+
+
 def test_a_curated_manifest_curated_again_keeps_its_earlier_statistics(data, tmp_path):
     _run(data, tmp_path / "out", workers=1)
     raw = {"name": "again", "stage": [{"name": "s", "ops": [{"op": "toy_caption"}]}]}

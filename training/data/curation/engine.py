@@ -184,8 +184,10 @@ def local_map(steps: list[Step], tasks, workers: int):
         return
     import multiprocessing as mp
 
-    # fork where there is one: the workers inherit the built ops (and toy ops registered by a test) unpickled
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # forkserver where there is one: a plain fork of a process whose torch already ran OpenMP threads can deadlock
+    # in the child (libgomp is not fork-safe), and model ops run torch in the workers. The ops travel pickled
+    # (model ops leave their loaded models behind) and their modules are imported afresh in each worker.
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     workers = min(workers, len(tasks))
     pool = ctx.Pool(workers, _init_worker, (steps, max(1, (os.cpu_count() or 1) // workers)))
     try:

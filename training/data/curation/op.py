@@ -168,6 +168,7 @@ class Op:
     default_keep: Mapping[str, tuple[float, float]] = {}
     default_drop_if: Mapping[str, Any] = {}
     batch_size = 1          # > 1: the engine calls compute_batch with up to this many items
+    needs_caption = False   # True: a sample without a caption is not judged (it passes; annotation captions it)
 
     def __init__(self, keep: Mapping | None = None, drop_if: Mapping | None = None, **options):
         if options:
@@ -234,7 +235,8 @@ def run_op(op: Op, items: Sequence[Item]) -> None:
     """Compute `op` on items (in batches), write its statistics into each record, and drop the ones it rejects.
     An unreadable image drops the sample as "broken"; any other exception drops it naming the op, except OpError:
     a config error (a model that cannot be loaded) stops the run instead of dropping every sample."""
-    live = [it for it in items if it.record.dropped is None]
+    live = [it for it in items if it.record.dropped is None
+            and not (op.needs_caption and not (it.record.caption or "").strip())]
     for i in range(0, len(live), max(1, op.batch_size)):
         batch = live[i:i + max(1, op.batch_size)]
         try:

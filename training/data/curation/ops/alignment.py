@@ -11,7 +11,8 @@ loss adds a learnt bias; set thresholds per model from the report's histograms.
 a table naming only one computes only that one. Models load through transformers' Auto classes (ChineseCLIPModel,
 SiglipModel / Siglip2Model, CLIPModel all work) with their tokenizer and PIL image processor. SigLIP's text tower
 was trained on lowercased captions padded to 64 tokens and pools the last position, so SigLIP models get both.
-A sample without a caption gets None (a `keep` rule on it then drops it as "missing")."""
+A sample without a caption is not judged (`needs_caption`): it passes without these statistics, to be captioned
+by `data annotate`; require captions with `caption_length`'s keep = { caption_tokens = [1, ...] }."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -26,6 +27,7 @@ DEFAULT_MODELS = {"clip_score": "OFA-Sys/chinese-clip-vit-base-patch16",
 @register("clip_alignment")
 class ClipAlignment(ModelOp):
     stats = ("clip_score", "siglip_score")
+    needs_caption = True   # an uncaptioned sample is not judged here: it passes to be captioned by data annotate
 
     def __init__(self, keep: Mapping | None = None, drop_if: Mapping | None = None, *,
                  models: Mapping[str, str] | None = None, **options):
