@@ -44,16 +44,12 @@ class ModelOp(Op):
         return self._loaded
 
     def _set_threads(self) -> None:
-        """`threads` torch threads; by default one in a pool worker, where the pool already has a process per core
-        (N workers x N threads each would oversubscribe the machine N-fold). Ray sets OMP_NUM_THREADS itself."""
-        import multiprocessing as mp
-
-        import torch
-
+        """`threads = N` pins torch's threads in this process; by default the engine's share of the cores stands
+        (the local pool gives each worker cores / workers; Ray sets OMP_NUM_THREADS per task)."""
         if self.threads:
+            import torch
+
             torch.set_num_threads(self.threads)
-        elif mp.parent_process() is not None:
-            torch.set_num_threads(1)
 
     def load(self) -> Any:
         raise NotImplementedError
