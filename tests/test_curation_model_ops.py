@@ -178,8 +178,7 @@ def test_missing_model_stops_the_run_naming_it(tmp_path):
 
 
 def _score_in_worker(op, data):
-    # one thread: a forked child must not start OpenMP threads after its parent used them (libgomp deadlocks)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the engine gives each worker its share of the cores; here one
     return op.compute(Item(Record("w", "w.png"), data=data))
 
 
@@ -191,7 +190,7 @@ def test_model_ops_pickle_without_their_model_and_run_in_a_worker(models):
     blob = pickle.dumps(op)
     assert len(blob) < 4000                                       # the loaded model stays behind
     assert pickle.loads(blob)._loaded is None
-    with mp.get_context("fork").Pool(1) as pool:                  # the engine's pool: the op goes through a pipe
+    with mp.get_context("forkserver").Pool(1) as pool:            # the engine's pool: the op goes through a pipe
         there = pool.apply(_score_in_worker, (op, _png(0)))["nsfw"]
     assert there == pytest.approx(here, abs=1e-5)
 
