@@ -133,3 +133,31 @@ def test_no_skips_hook(tmp_path):
     report = lambda nodeid: types.SimpleNamespace(nodeid=nodeid)  # noqa: E731
     assert conftest.unexpected_skips({"skipped": [report("tests/test_browser.py::test_page")]}) == []
     assert conftest.unexpected_skips({"passed": [report("tests/test_a.py::test_y")]}) == []
+
+
+def test_every_package_folder_and_data_file_is_in_the_install():
+    """A folder with an __init__.py that pyproject's `packages` leaves out installs as nothing (an editable
+    install hides that; a wheel does not): every one is listed, and every preset, template and corpus file a
+    package reads is covered by its package-data globs."""
+    import fnmatch
+    import tomllib
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(repo, "pyproject.toml"), "rb") as fh:
+        tool = tomllib.load(fh)["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    for folder in ("qwenimage_core", "nodes", "training"):
+        for root, dirs, files in os.walk(os.path.join(repo, folder)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            if "__init__.py" in files:
+                name = "qwenimage." + os.path.relpath(root, repo).replace(os.sep, ".")
+                assert name in listed, f"{name} is not in pyproject's [tool.setuptools] packages"
+    for package, globs in tool["package-data"].items():
+        base = os.path.join(repo, *package.split(".")[1:])
+        for pattern in globs:
+            assert any(fnmatch.fnmatch(os.path.relpath(os.path.join(r, f), base), pattern)
+                       for r, _, fs in os.walk(base) for f in fs), f"{package}: {pattern} matches no file"
+    for data in ("training/data/curation/presets", "training/data/synthesis/templates"):
+        for f in os.listdir(os.path.join(repo, data)):
+            assert any(fnmatch.fnmatch(f"{os.path.basename(data)}/{f}", g) for g in
+                       tool["package-data"]["qwenimage." + os.path.dirname(data).replace("/", ".")]), f
