@@ -386,7 +386,7 @@ def test_face_mosaic_op_measures_the_worst_face_and_keeps_images_without_faces(m
     assert item.stats == {"faces": 0, "face_mosaic": 0.0, "face_blur": 0.0} and item.record.dropped is None
 
 
-FAKE_YUNET = os.path.join(os.path.dirname(__file__), "reference", "fake_yunet.onnx")
+FAKE_YUNET = os.path.join(os.path.dirname(__file__), "fixtures", "fake_yunet.onnx")
 
 
 def _bright_face(pixelate: bool) -> np.ndarray:
@@ -400,7 +400,7 @@ def _bright_face(pixelate: bool) -> np.ndarray:
 
 
 def test_face_mosaic_through_opencv_yunet_end_to_end():
-    """OpenCV's own cv2.FaceDetectorYN with a YuNet-shaped network (tests/reference/make_fake_yunet.py) that
+    """OpenCV's own cv2.FaceDetectorYN with a YuNet-shaped network (tests/fixtures/make_fake_yunet.py) that
     finds bright 32 px cells: detection on the 512 px analysis copy, boxes mapped back to the 1024 px image."""
     def image(face):
         canvas = np.zeros((640, 1024), np.float32)
