@@ -235,6 +235,8 @@ def test_qr_codes_and_barcodes_are_found():
     assert q.stats["has_qr"] is True and q.dropped == "qr_code: has_qr=True"
     assert b.stats["has_barcode"] is True and b.dropped == "qr_code: has_barcode=True"
     assert clean.stats == {"has_qr": False, "has_barcode": False} and clean.dropped is None
+    with pytest.raises(OpError, match="side"):
+        build_op({"op": "qr_code", "side": 10})
 
 
 # ------------------------------------------------------------------------------------------------ duplicates

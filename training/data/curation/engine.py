@@ -188,6 +188,8 @@ def local_map(steps: list[Step], tasks, workers: int):
     # in the child (libgomp is not fork-safe), and model ops run torch in the workers. The ops travel pickled
     # (model ops leave their loaded models behind) and their modules are imported afresh in each worker.
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    if ctx.get_start_method() == "forkserver":  # the server imports the package once; each worker forks from it
+        ctx.set_forkserver_preload([__name__, __package__ + ".ops"])
     workers = min(workers, len(tasks))
     pool = ctx.Pool(workers, _init_worker, (steps, max(1, (os.cpu_count() or 1) // workers)))
     try:
