@@ -103,6 +103,23 @@ def create_temp(folder, suffix: str = "") -> tuple[int, str]:
             continue
 
 
+def write_atomic(path, data: bytes | str) -> None:
+    """Write `data` (text as UTF-8) to `path` through a temporary file in the same folder, renamed into place: a
+    reader never sees half a file, and a failed write leaves the old one (and no temporary) behind."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = create_temp(folder, ".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def save_png(image: Image.Image, path, text: dict[str, str]) -> None:
     """Write a PNG with `text` in its tEXt chunks, atomically: a temporary file in the same folder renamed into
     place, so an interrupted save never leaves a truncated picture under the final name."""

@@ -254,3 +254,34 @@ def test_vae_latent_statistics_in_a_single_file_round_trip_and_bad_ones_are_name
     with pytest.raises(CheckpointError, match=r"bad\.safetensors: .*qwenimage_latent_stats"):
         load_vae(tmp_path / "bad.safetensors")
 
+
+
+def test_write_atomic_leaves_the_old_file_and_no_temporary_when_a_write_fails(tmp_path, monkeypatch):
+    """The one atomic writer (curation shards and manifests, evaluation rows and reports, the server's user files):
+    text or bytes land whole with the usual mode; a write that fails midway keeps the previous file intact."""
+    import os
+
+    from qwenimage.qwenimage_core.images import write_atomic
+
+    path = tmp_path / "sub" / "manifest.jsonl"
+    write_atomic(path, "first 第一\n")
+    assert path.read_text(encoding="utf-8") == "first 第一\n"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    write_atomic(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, "second")
+    assert path.read_bytes() == b"\x00\x01" and os.listdir(path.parent) == ["manifest.jsonl"]
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

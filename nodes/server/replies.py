@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from aiohttp import web
 
-from ...qwenimage_core.images import create_temp
+from ...qwenimage_core.images import write_atomic
 
 SERVER = web.AppKey("qwenimage_server", object)
 
@@ -125,15 +124,4 @@ def ascii_name(name: str) -> str:
     return name.encode("ascii", "replace").decode().replace('"', "_")
 
 
-def atomic_write(path: Path, data: bytes):
-    """Write `data` to `path` through a temporary file in the same folder: readers never see half a file. The
-    file gets the usual mode (0666 less the umask), not mkstemp's 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = create_temp(path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+atomic_write = write_atomic   # the usual mode (0666 less the umask), not mkstemp's 0600

@@ -116,19 +116,9 @@ def summarize(rows) -> dict:
 # ------------------------------------------------------------------------------------------------------ writing
 
 def _write_atomic(path: str, text: str) -> None:
-    from ...qwenimage_core.images import create_temp
+    from ...qwenimage_core.images import write_atomic
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = create_temp(folder, os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, text)
 
 
 def results_csv(rows) -> str:

@@ -22,7 +22,7 @@ import re
 from dataclasses import replace
 from typing import Sequence
 
-from ...qwenimage_core.images import create_temp, load_image
+from ...qwenimage_core.images import load_image, write_atomic
 from ..rewards import base as rewards
 from .generate import Settings, generate, image_path, image_seed, process_split
 from .suites.base import EvalItem, get_suite
@@ -47,15 +47,7 @@ def model_tag(model, lora: Sequence[str] = ()) -> str:
 
 
 def write_json_atomic(path: str, data) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = create_temp(os.path.dirname(os.path.abspath(path)), ".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, ensure_ascii=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False))
 
 
 def check_run_json(run_dir: str, info: dict) -> None:

@@ -27,6 +27,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from ....qwenimage_core.images import write_atomic
 from .op import GlobalOp, Item, Op, Record, run_op
 from .pipeline import Pipeline
 from .sources import SOURCE_STAGE, TAR_SEP, read_bytes, read_inputs
@@ -109,19 +110,7 @@ def _record_line(r: Record) -> str:
     return json.dumps(asdict(r), ensure_ascii=False, default=_plain)
 
 
-def write_text(path: str, text: str) -> None:
-    """Write through a temporary file in the same folder, renamed into place: a reader never sees half a file."""
-    from ....qwenimage_core.images import create_temp
-
-    fd, tmp = create_temp(os.path.dirname(path), ".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+write_text = write_atomic   # a reader (or a resumed run) never sees half a shard, manifest or report
 
 
 def write_shard(path: str, records: list[Record], counts: list[dict]) -> None:
@@ -324,14 +313,7 @@ def manifest_row(out: str, r: Record) -> dict:
         rel = os.path.join("images", os.path.splitext(os.path.basename(tar))[0], *parts)
         path = os.path.join(out, rel)
         if not os.path.isfile(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            data = read_bytes(image)
-            from ....qwenimage_core.images import create_temp
-
-            fd, tmp = create_temp(os.path.dirname(path))
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            write_atomic(path, read_bytes(image))
         image = rel
     meta = dict(r.meta)
     row = {"image": image, "caption": r.caption or ""}
