@@ -217,7 +217,7 @@ def test_workers_one_two_and_ray_write_the_same_manifest(data, tmp_path, monkeyp
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the toy ops travel to Ray's workers
     try:
-        _run(data, tmp_path / "ray", workers=1, ray=True)   # one Ray worker: start-up is the cost here
+        _run(data, tmp_path / "ray", workers=2, ray=True)   # ray.init(num_cpus=2), as the issue asks
     finally:
         ray.shutdown()
     one = (tmp_path / "w1" / "manifest.jsonl").read_bytes()
