@@ -1,5 +1,7 @@
 """`qwenimage data ...`: the data room's commands. `data synth CONFIG` renders synthetic text images (pure,
-compositional, template) into shards the trainer reads; curation and annotation commands join this group."""
+compositional, template) into shards the trainer reads; `data curate` filters a raw set through the report's
+stages, `data annotate` captions it with Qwen2.5-VL and `data balance` categorises and weights it (their own
+modules register them here)."""
 from __future__ import annotations
 
 import os
@@ -32,7 +34,7 @@ def cmd_synth(a) -> int:
 
 
 def register_cli(sub) -> None:
-    p = sub.add_parser("data", help="data tools: synthetic text rendering (data synth)")
+    p = sub.add_parser("data", help="data tools: synth (text rendering), curate, annotate, balance")
     data = p.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
     s = data.add_parser("synth", help="render synthetic text images (pure, compositional, template) from a TOML config")
     s.add_argument("config", help="the TOML config (see training/examples/synth.toml)")
