@@ -283,3 +283,24 @@ def test_example_configs_parse():
     for name in ("grpo", "grpo_ocr"):
         cfg = load_config(os.path.join(root, "training", "examples", f"{name}.toml"))
         assert cfg.train.mode == "grpo" and cfg.rl.steps < cfg.validation.steps
+
+
+def test_progressive_window_slides_from_early_to_late_steps(world, tmp_path):
+    """MixGRPO's window: starts at the range's first step and moves on by the stride every N iterations, stopping
+    where it still fits; the random one (Flow-GRPO-Fast) stays within the range. Both depend only on the iteration,
+    so a resumed run picks the same windows."""
+    from types import SimpleNamespace
+
+    from qwenimage.training.config import ConfigError
+    from qwenimage.training.objectives.rollout import OnlineObjective
+
+    rl = {"steps": 8, "sde_window": 2, "sde_window_range": [1, 7], "sde_window_every": 3, "sde_window_stride": 2}
+    cfg = config(world, tmp_path, rl={**rl, "sde_window_schedule": "progressive"})
+    windows = [OnlineObjective.window(SimpleNamespace(rl=cfg.rl, cfg=cfg), k) for k in range(12)]
+    assert [w[0] for w in windows] == [[1, 2]] * 3 + [[3, 4]] * 3 + [[5, 6]] * 6
+    assert all(stochastic == trained for stochastic, trained in windows)
+    cfg = config(world, tmp_path, rl=rl)
+    starts = {OnlineObjective.window(SimpleNamespace(rl=cfg.rl, cfg=cfg), k)[0][0] for k in range(40)}
+    assert starts == {1, 2, 3, 4, 5}
+    with pytest.raises(ConfigError, match="rl.sde_window_schedule"):
+        config(world, tmp_path, rl={**rl, "sde_window_schedule": "sliding"})

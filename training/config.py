@@ -159,6 +159,9 @@ class RLConfig:
     noise_level: float = 0.7
     sde_window: int = 0               # > 0: SDE and training on this many steps only, ODE elsewhere (MixGRPO/Fast)
     sde_window_range: list = field(default_factory=lambda: [0, 5])  # the window starts at random in [lo, hi - size]
+    sde_window_schedule: str = "random"   # random (Flow-GRPO-Fast) | progressive (MixGRPO: early steps to late)
+    sde_window_every: int = 25        # progressive: iterations before the window moves on
+    sde_window_stride: int = 1        # progressive: steps it moves by (it stops at hi - size)
     timestep_fraction: float = 1.0    # no window: train this fraction of the SDE steps (all but the last), first first
     clip_range: float = 1e-4          # PPO clip of the ratio
     adv_clip_max: float = 5.0         # advantages clipped to +-this
@@ -252,13 +255,14 @@ CHOICES = {
     "train.mode": ("pretrain", "full", "lora", "vae", "vae_decoder", "dpo", "grpo", "nft"), "train.weights": ("lora", "full"),
     "reference.device": ("", "cpu"), "train.mixed_precision": ("no", "bf16", "fp16"),
     "model.dtype": ("float32", "bfloat16", "float16"), "train.fp8_base": ("auto", "on", "off"),
-    "rl.sampler": ("sde", "cps"),
+    "rl.sampler": ("sde", "cps"), "rl.sde_window_schedule": ("random", "progressive"),
 }
 POSITIVE = ("data.batch_size", "data.area", "data.min_size", "optimizer.lr", "train.steps", "train.grad_accum",
             "lora.rank", "lora.alpha", "output.save_every", "output.keep_last", "logging.every",
             "validation.width", "validation.height", "validation.steps", "objective.shift", "objective.logit_std",
             "optimizer.eps", "train.max_nonfinite_steps", "vae.crop", "vae.disc_lr", "vae.disc_channels",
             "vae.disc_layers", "dpo.beta", "rl.group_size", "rl.groups", "rl.inner_epochs", "rl.steps", "rl.width",
+            "rl.sde_window_every", "rl.sde_window_stride",
             "rl.height", "rl.cfg", "rl.clip_range", "rl.adv_clip_max", "rl.nft_beta", "rl.nft_timesteps")
 NON_NEGATIVE = ("train.max_grad_norm", "optimizer.weight_decay", "schedule.warmup", "train.seed", "vae.holdout",
                 "vae.latent_stats", "vae.eval_size", "vae.l1", "vae.l2", "vae.kl", "vae.perceptual", "vae.gan", "vae.gan_start",

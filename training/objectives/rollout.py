@@ -137,13 +137,17 @@ class OnlineObjective(Objective):
 
     # -- an iteration's rollouts --------------------------------------------------------------------------
     def window(self, k: int) -> tuple[list[int], list[int]]:
-        """(stochastic steps, trained steps) of iteration k: an SDE window at a random start (MixGRPO,
-        Flow-GRPO-Fast), or every step but the last (whose Gaussian is too sharp) with its first fraction trained."""
+        """(stochastic steps, trained steps) of iteration k: an SDE window at a random start (Flow-GRPO-Fast) or
+        sliding from the early, noisy steps to later ones as training goes on (MixGRPO's progressive window), or
+        every step but the last (whose Gaussian is too sharp) with its first fraction trained."""
         r = self.rl
         if r.sde_window:
             lo, hi = r.sde_window_range
-            g = torch.Generator().manual_seed(seed_of(self.cfg.train.seed, WINDOW, k))
-            start = int(torch.randint(lo, hi - r.sde_window + 1, (), generator=g))
+            if r.sde_window_schedule == "progressive":
+                start = min(lo + (k // r.sde_window_every) * r.sde_window_stride, hi - r.sde_window)
+            else:
+                g = torch.Generator().manual_seed(seed_of(self.cfg.train.seed, WINDOW, k))
+                start = int(torch.randint(lo, hi - r.sde_window + 1, (), generator=g))
             steps = list(range(start, start + r.sde_window))
             return steps, steps
         steps = list(range(r.steps - 1)) if r.noise_level > 0 else []
