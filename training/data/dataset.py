@@ -158,7 +158,7 @@ def _manifest_rows(manifest: str, base: str, captions: bool = True):
         except json.JSONDecodeError as e:
             problems.append(f"{where}: json: not valid JSON ({e.msg} at column {e.colno})")
             continue
-        problem = _check_types(row, captions)
+        problem = check_row(row, captions)
         if problem:
             problems.append(f"{where}: {problem}")
             continue
@@ -169,7 +169,7 @@ def _manifest_rows(manifest: str, base: str, captions: bool = True):
     return rows, problems
 
 
-def _check_types(row, captions: bool = True) -> str | None:
+def check_row(row, captions: bool = True) -> str | None:
     """The first field of a manifest row with a wrong type or value, as 'field: problem', or None."""
     if not isinstance(row, dict):
         return f"json: expected an object, got {type(row).__name__}"
@@ -178,8 +178,9 @@ def _check_types(row, captions: bool = True) -> str | None:
             return f"{name}: missing"
     if not isinstance(row["image"], str) or not row["image"]:
         return f"image: expected a path string, got {row['image']!r}"
-    if not isinstance(row.get("caption", ""), str):
-        return f"caption: expected a string, got {type(row['caption']).__name__}"
+    caption = row.get("caption", "")
+    if not (isinstance(caption, str) or caption is None and not captions):  # uncaptioned rows: null allowed
+        return f"caption: expected a string, got {type(caption).__name__}"
     refs = row.get("references", [])
     if not isinstance(refs, list) or not all(isinstance(r, str) and r for r in refs):
         return f"references: expected a list of path strings, got {refs!r}"

@@ -19,7 +19,7 @@ import os
 import tarfile
 from collections import defaultdict
 
-from ..dataset import IMAGE_EXTS
+from ..dataset import IMAGE_EXTS, check_row
 from .op import Record
 
 TAR_SEP = "::"
@@ -116,7 +116,7 @@ def read_manifest(path: str) -> list[Record]:
         except json.JSONDecodeError as e:
             records.append(_bad(where, where, f"json: line {n}: not valid JSON ({e.msg} at column {e.colno})"))
             continue
-        problem = _row_problem(row)
+        problem = check_row(row, captions=False)  # the trainer's own rules for a manifest row
         if problem:
             records.append(_bad(where, where, f"row: line {n}: {problem}"))
             continue
@@ -129,19 +129,6 @@ def read_manifest(path: str) -> list[Record]:
         key = image if count[image] == 1 else f"{image}#{count[image]}"
         records.append(Record(key=key, image=image, caption=caption, meta=row))
     return records
-
-
-def _row_problem(row) -> str | None:
-    if not isinstance(row, dict):
-        return f"expected a JSON object, got {type(row).__name__}"
-    if not isinstance(row.get("image"), str) or not row["image"]:
-        return f"image: expected a path string, got {row.get('image')!r}"
-    if row.get("caption") is not None and not isinstance(row["caption"], str):
-        return f"caption: expected a string, got {type(row['caption']).__name__}"
-    refs = row.get("references", [])
-    if not isinstance(refs, list) or not all(isinstance(r, str) and r for r in refs):
-        return f"references: expected a list of path strings, got {refs!r}"
-    return None
 
 
 # ------------------------------------------------------------------------------------------------ webdataset tar
