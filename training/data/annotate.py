@@ -17,12 +17,13 @@ becomes that split's text."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import re
 import sys
 from dataclasses import dataclass, field
+
+from ..rewards.vlm_judge import QwenVLChat
 
 ANNOTATOR_PROMPT = """# Image Annotator
 You are a professional image annotator. Please complete the following tasks based on the input image.
@@ -61,10 +62,6 @@ Detailed caption: {recaption}
 Write one caption that keeps every detail of the detailed caption and adds the raw caption's facts where they fit \
 and do not contradict the image. Keep quoted text verbatim. Answer with the caption only."""
 
-# Qwen2.5-VL's chat format with one image in the user turn (as vlm_judge).
-CHAT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-        "<|vision_start|>{image}<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n")
-IMAGE_PAD = "<|image_pad|>"
 SPLITS = ("raw", "recaption", "fused")
 DEFAULT_RATIOS = {"raw": 0.2, "recaption": 0.4, "fused": 0.4}
 
@@ -217,65 +214,23 @@ def read_image(path: str):
     return decode(read_bytes(path))
 
 
-class Annotator:
-    """Qwen2.5-VL answering the annotator prompt for a batch of images. `model` is a hub name or a folder
-    (tokenizer beside it); min/max_pixels bound the image for the vision tower (28 px units)."""
+class Annotator(QwenVLChat):
+    """Qwen2.5-VL answering the annotator prompt for a batch of images (vlm_judge.QwenVLChat: loading, left-padded
+    chats, sampled retries). `model` is a hub name or a folder (tokenizer beside it, or `tokenizer`)."""
 
     def __init__(self, model: str = "Qwen/Qwen2.5-VL-7B-Instruct", prompt: str = ANNOTATOR_PROMPT,
                  retries: int = 2, max_new_tokens: int = 1024, min_pixels: int = 256 * 28 * 28,
                  max_pixels: int = 1280 * 28 * 28, device: str = "cpu", dtype: str = "bfloat16",
                  offline: bool = False, fuse: str = "rule", fuse_prompt: str = FUSE_PROMPT, tokenizer=None):
-        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-
-        from ...qwenimage_core.text_encoder import QWEN25_VL_IMAGE_PROCESSOR_CONFIG, image_processor_class
-        from ..rewards.clip import load_pretrained, torch_dtype
-
         if fuse not in ("rule", "model"):
             raise ValueError(f"fuse must be 'rule' or 'model', not {fuse!r}")
-        self.tokenizer = load_pretrained(AutoTokenizer, tokenizer or model, "Qwen2.5-VL annotator tokenizer", offline)
-        self.tokenizer.padding_side = "left"   # batched generation: new tokens start at one column for every row
-        self.model = load_pretrained(Qwen2_5_VLForConditionalGeneration, model, "Qwen2.5-VL annotator model",
-                                     offline, dtype=torch_dtype(dtype)).to(device).eval()
-        self.image_processor = image_processor_class().from_dict({
-            **QWEN25_VL_IMAGE_PROCESSOR_CONFIG, "min_pixels": min_pixels, "max_pixels": max_pixels,
-            "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}})
+        super().__init__(model, min_pixels, max_pixels, device, dtype, offline, tokenizer, "Qwen2.5-VL annotator")
         self.prompt, self.fuse, self.fuse_prompt = prompt, fuse, fuse_prompt
-        self.retries, self.max_new_tokens, self.device = int(retries), int(max_new_tokens), device
-        self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
-        # transformers 5 computes Qwen2.5-VL's multimodal RoPE only when told which tokens are image tokens.
-        self.pass_token_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters
-
-    def inputs(self, images, questions) -> dict:
-        """One left-padded batch: each image's pad tokens expanded to its patch count, pixels concatenated."""
-        import torch
-
-        vision = self.image_processor(images=list(images), return_tensors="pt")
-        grid = torch.as_tensor(vision["image_grid_thw"])
-        texts = [CHAT.format(image=IMAGE_PAD * int(g.prod() // self.image_processor.merge_size ** 2), question=q)
-                 for g, q in zip(grid, questions)]
-        tok = self.tokenizer(texts, return_tensors="pt", padding=True)
-        inputs = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
-                  "pixel_values": torch.as_tensor(vision["pixel_values"]).to(self.model.dtype),
-                  "image_grid_thw": grid}
-        if self.pass_token_types:
-            inputs["mm_token_type_ids"] = (tok["input_ids"] == self.image_token_id).long()
-        return {k: v.to(self.device) for k, v in inputs.items()}
+        self.retries, self.max_new_tokens = int(retries), int(max_new_tokens)
 
     def generate(self, images, questions, attempt: int) -> list[str]:
-        """One answer per image. Greedy first; retry `attempt` samples from seed `attempt` in a forked RNG."""
-        import torch
-
-        inputs = self.inputs(images, questions)
-        devices = [torch.device(self.device).index or 0] if torch.device(self.device).type == "cuda" else []
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            sample = attempt > 0
-            if sample:
-                torch.manual_seed(attempt)
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=sample,
-                                      pad_token_id=self.tokenizer.pad_token_id,
-                                      **({"temperature": 1.0, "top_p": 1.0, "top_k": 0} if sample else {}))
-        new = out[:, inputs["input_ids"].shape[1]:]
-        return [a.strip() for a in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        """One answer per image, each asked its question. Greedy first; retry `attempt` samples from its seed."""
+        return self.answers(self.chats([[im] for im in images], questions), attempt, self.max_new_tokens)
 
     def annotate(self, images) -> list[tuple[Annotation | None, str, str]]:
         """(annotation or None, last answer, error) per image: malformed answers asked again, only those."""

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from .base import RewardError
 from .http import encode_png, post_json
-from .vlm_judge import VLMJudge
+from .vlm_judge import QwenVLChat
 
 
 class JudgeUnavailable(RuntimeError):
@@ -23,20 +23,20 @@ class JudgeUnavailable(RuntimeError):
 
 
 class LocalVLM:
-    """Qwen2.5-VL through transformers, loaded and asked by vlm_judge.VLMJudge (no torchvision); several images
-    go into one user turn, in order, before the question. Greedy first; retries sample (VLMJudge.answer)."""
+    """Qwen2.5-VL through transformers (vlm_judge.QwenVLChat, no torchvision); several images go into one user
+    turn, in order, before the question. Greedy first; retries sample."""
 
     def __init__(self, model: str, max_new_tokens: int = 64, min_pixels: int = 256 * 28 * 28,
                  max_pixels: int = 768 * 28 * 28, device: str = "cpu", dtype: str = "bfloat16",
                  offline: bool = False):
-        self.vlm = VLMJudge(model=model, question="{prompt}", max_new_tokens=max_new_tokens, min_pixels=min_pixels,
-                            max_pixels=max_pixels, device=device, dtype=dtype, offline=offline)
+        self.vlm = QwenVLChat(model, min_pixels, max_pixels, device, dtype, offline)
+        self.max_new_tokens = int(max_new_tokens)
 
     def inputs(self, images, question: str) -> dict:
-        return self.vlm.chat_inputs(images, question)
+        return self.vlm.chats([images], [question])
 
     def ask(self, images, question: str, attempt: int) -> str:
-        return self.vlm.answer(self.inputs(images, question), attempt)
+        return self.vlm.answers(self.inputs(images, question), attempt, self.max_new_tokens)[0]
 
 
 class OpenAIEndpoint:
