@@ -58,7 +58,6 @@ def run_shard(steps: list[Step], records: list[Record], reader=read_bytes) -> tu
             for it in live:
                 if it.record.dropped is not None:
                     it.record.stage = stage
-                    it.record.dropped = _ADDRESS.sub("", it.record.dropped)
                     _count_drop(c, it.record.dropped)
     for r in records:   # plain JSON values: a resumed shard (read back from disk) equals a fresh one
         r.stats = json.loads(json.dumps(r.stats, default=_plain))
@@ -71,8 +70,6 @@ def _count_drop(c: dict, reason: str) -> None:
     c["reasons"][cls] = c["reasons"].get(cls, 0) + 1
 
 
-_ADDRESS = re.compile(r" <[\w.]+ object at 0x[0-9a-f]+>")   # "cannot identify image file <_io.BytesIO object at
-#                                                             0x7f..>": differs run to run and engine to engine
 _OUTSIDE = re.compile(r"(\w+)=(\S+) outside \[(\S+), (\S+)\]")
 
 

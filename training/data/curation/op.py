@@ -139,6 +139,10 @@ def _read_file(path: str) -> bytes:
         return fh.read()
 
 
+_ADDRESS = re.compile(r" <[\w.]+ object at 0x[0-9a-f]+>")  # "cannot identify image file <_io.BytesIO object at
+#                                                            0x7f..>": differs run to run and engine to engine
+
+
 def decode(data: bytes) -> Image.Image:
     """Bytes -> RGB PIL image, fully decoded (a truncated file fails here, not in a later op), or Undecodable."""
     try:
@@ -153,8 +157,7 @@ def decode(data: bytes) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise Undecodable(f"decompression bomb: {e}") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files: all mean "broken"
-        why = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))   # an address: differs run to run
-        raise Undecodable(f"not a readable image: {type(e).__name__}: {why}") from None
+        raise Undecodable(_ADDRESS.sub("", f"not a readable image: {type(e).__name__}: {e}")) from None
 
 
 # ------------------------------------------------------------------------------------------------ the ops
@@ -264,11 +267,11 @@ def _compute_one(op: Op, item: Item):
     try:
         return op.compute(item)
     except Undecodable as e:
-        return _Failure(f"broken: {e}")
+        return _Failure(_ADDRESS.sub("", f"broken: {e}"))
     except OpError:
         raise
     except Exception as e:
-        return _Failure(f"{op.name}: error: {type(e).__name__}: {e}")
+        return _Failure(_ADDRESS.sub("", f"{op.name}: error: {type(e).__name__}: {e}"))
 
 
 def _bounds(name: str, keep: Mapping) -> dict[str, tuple[float, float]]:
