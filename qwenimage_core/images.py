@@ -88,6 +88,28 @@ def load_image(path, what: str = "image") -> Image.Image:
         raise ValueError(f"{what} {path}: not a readable image ({e})") from e
 
 
+def not_regular(path, max_bytes: int | None = None) -> str | None:
+    """Why `path` must not be opened as an input file, or None. A FIFO named x.png blocks open() forever, a symlink
+    to /dev/zero named .jpg never ends, a folder fails late: every place that lists inputs (the trainer's data,
+    curation, synthesis backgrounds, evaluation data) asks this first. `max_bytes` caps the size."""
+    import os
+    import stat
+
+    try:
+        st = os.stat(path)  # follows links: what a read would open
+    except FileNotFoundError:
+        return None  # reported as "file not found" by the caller
+    except OSError as e:
+        return f"cannot stat ({e.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+        return f"{kind}, not a regular file; not opened"
+    if max_bytes is not None and st.st_size > max_bytes:
+        return f"{st.st_size:,} bytes, over the {max_bytes:,}-byte limit; not read"
+    return None
+
+
 def create_temp(folder, suffix: str = "") -> tuple[int, str]:
     """(fd, path) of a new temporary file in `folder`, open for writing, with the mode a plain open() gives
     (0666 less the umask: 0644 under umask 022, as ComfyUI's outputs). tempfile.mkstemp makes 0600, which the

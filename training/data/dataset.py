@@ -18,10 +18,11 @@ import json
 import logging
 import math
 import os
-import stat
 from dataclasses import dataclass, field
 
 from PIL import Image
+
+from ...qwenimage_core.images import not_regular
 
 log = logging.getLogger("qwenimage.training")
 
@@ -122,13 +123,13 @@ def _folder_rows(root: str, caption_ext: str, captions: bool = True):
                 continue
             image = os.path.join(dirpath, name)
             cap_path = os.path.join(dirpath, stem + caption_ext)
-            if why := _not_regular(image):  # before the caption: the image is the sample's name
+            if why := not_regular(image):  # before the caption: the image is the sample's name
                 problems.append(f"{image}: image: {why}")
                 continue
             if not captions and not os.path.isfile(cap_path):
                 rows.append((image, {"image": image, "caption": "", "category": category}))
                 continue
-            if why := _not_regular(cap_path):
+            if why := not_regular(cap_path):
                 problems.append(f"{cap_path}: caption: {why}")
                 continue
             if not os.path.isfile(cap_path):
@@ -196,20 +197,6 @@ def check_row(row, captions: bool = True) -> str | None:
 
 # ------------------------------------------------------------------------------------------------- validation
 
-def _not_regular(path: str) -> str | None:
-    """Why `path` must not be opened, or None: a FIFO named x.png would block open() forever, a device never end."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return None  # reported as "file not found" by the caller
-    except OSError as e:
-        return f"cannot stat ({e.strerror})"
-    if not stat.S_ISREG(mode):
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-        return f"{kind}, not an image file; not opened"
-    return None
-
-
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) of an image file, checked readable by PIL (header + verify) without decoding the pixels."""
     with Image.open(path) as im:
@@ -224,7 +211,7 @@ def _validate(row: dict, where: str, min_size: int, captions: bool = True):
     if captions and not caption:
         return None, f"{where}: caption: empty"
     for k, path in enumerate((row["image"], *row.get("references", ()))):
-        if why := _not_regular(path):
+        if why := not_regular(path):
             return None, f"{where}: {'image' if k == 0 else f'references[{k - 1}]'}: {path}: {why}"
     try:
         w, h = image_size(row["image"])
