@@ -4,6 +4,7 @@ file, the row and the field (or, with on_error="skip", a listed row)."""
 import csv
 import io
 import json
+import os
 
 import pytest
 from PIL import Image
@@ -234,3 +235,47 @@ def test_repeated_ids_are_refused(tmp_path):
     f = jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "id": "x"}, {"prompt": "b", "id": "x"}])
     with pytest.raises(SuiteFileError, match=r"p\.jsonl prompt 2: id 'x' repeats the one at .*prompt 1"):
         get_suite("prompts").load(f)
+
+
+def test_a_csv_field_over_the_csv_limit_is_a_named_row(tmp_path, capsys):
+    # a field over the csv module's 131,072 characters raised a bare _csv.Error traceback
+    f = write_csv(tmp_path / "dpg_bench.csv", DPG_HEADER, [
+        ["a1", "x" * 140_000, "", 1, "0", "entity", "", "", "Is there?"],
+        ["b2", "a cat", "", 1, "0", "entity", "", "", "Is there a cat?"]])
+    with pytest.raises(SuiteFileError, match=r"dpg_bench\.csv:2: not readable CSV \(field larger than field limit"):
+        get_suite("dpg").load(f)
+    loaded = get_suite("dpg").load(f, on_error="skip")
+    assert [i.id for i in loaded.items] == ["b2"] and loaded.skipped[0]["where"].endswith("dpg_bench.csv:2")
+    from qwenimage.cli import main
+
+    model = tmp_path / "model"
+    model.mkdir()
+    assert main(["eval", "dpg", "--model", str(model), "--data", str(f), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "dpg_bench.csv:2: not readable CSV" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")
+def test_only_regular_files_are_read(tmp_path):
+    # a FIFO blocked open() forever; a link to /dev/zero was read until memory ran out
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    with pytest.raises(SuiteFileError, match=r"fifo\.jsonl: a FIFO, not a regular file"):
+        get_suite("prompts").load(tmp_path / "fifo.jsonl")
+    os.symlink("/dev/zero", tmp_path / "zero.jsonl")
+    with pytest.raises(SuiteFileError, match=r"zero\.jsonl: a device, not a regular file"):
+        get_suite("longtext").load(tmp_path / "zero.jsonl")
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "x1.txt").write_text("a dense prompt\n", encoding="utf-8")
+    os.mkfifo(tmp_path / "prompts" / "x2.txt")
+    with pytest.raises(SuiteFileError, match=r"x2\.txt: .*a FIFO, not a regular file"):
+        get_suite("dpg").load(tmp_path / "prompts")
+    assert [i.id for i in get_suite("dpg").load(tmp_path / "prompts", on_error="skip").items] == ["x1"]
+    from qwenimage.training.eval.suites import base
+
+    big = jsonl(tmp_path / "big.jsonl", [{"prompt": "a"}])
+    base.MAX_FILE_BYTES, before = 4, base.MAX_FILE_BYTES
+    try:
+        with pytest.raises(SuiteFileError, match=r"big\.jsonl: 16 bytes, over the 4-byte limit"):
+            get_suite("prompts").load(big)
+    finally:
+        base.MAX_FILE_BYTES = before

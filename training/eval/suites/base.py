@@ -14,7 +14,10 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from ....qwenimage_core.images import not_regular
 from ....qwenimage_core.pipeline import DEFAULT_SIZE
+
+MAX_FILE_BYTES = 1 << 30  # a suite file past 1 GiB is not the benchmark's download (GEdit's parquet is ~1 GB whole)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class Suite:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise SuiteFileError(f"{path}: {self.name} file not found; {self.download}")
+        if not os.path.isdir(path):
+            regular(path)
         items, skipped, seen = [], [], {}
         for where, raw in self.rows(path, cache_dir):
             try:
@@ -127,9 +132,18 @@ def get_suite(name: str) -> Suite:
 
 # --------------------------------------------------------------------------------------- file readers
 
+def regular(path: str, error=SuiteFileError) -> str:
+    """`path` if it is a regular file under MAX_FILE_BYTES, else `error` naming it: a FIFO blocks open() forever
+    and a link to /dev/zero never ends, so nothing is opened before this check."""
+    why = not_regular(path, MAX_FILE_BYTES)
+    if why:
+        raise error(f"{path}: {why}")
+    return path
+
+
 def jsonl_rows(path: str) -> Iterator[tuple[str, object]]:
     """(path:line, object) for each non-blank line; a line that is not a JSON object comes as a RowError."""
-    with open(path, encoding="utf-8") as fh:
+    with open(regular(path), encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -143,20 +157,33 @@ def jsonl_rows(path: str) -> Iterator[tuple[str, object]]:
 
 def json_file(path: str):
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(regular(path), encoding="utf-8") as fh:
             return json.load(fh)
     except json.JSONDecodeError as e:
         raise SuiteFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
-def csv_rows(path: str, required: Iterable[str]) -> Iterator[tuple[str, dict]]:
-    """(path:line, row dict) of a CSV file with a header holding the `required` columns."""
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+def csv_rows(path: str, required: Iterable[str]) -> Iterator[tuple[str, dict | RowError]]:
+    """(path:line, row dict) of a CSV file with a header holding the `required` columns; a row the csv module
+    cannot read (a field over its 131,072-character limit, a NUL byte) comes as a RowError, and reading goes on
+    at the next line."""
+    with open(regular(path), encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        try:
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+        except csv.Error as e:
+            raise SuiteFileError(f"{path}:1: the header is not readable CSV ({e})") from None
         if missing:
             raise SuiteFileError(f"{path}: missing column(s) {', '.join(missing)} (header: {reader.fieldnames})")
-        for row in reader:
+        rows = iter(reader)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as e:  # raised before line_num counts the line it was reading
+                yield f"{path}:{reader.line_num + 1}", RowError(f"not readable CSV ({e})")
+                continue
             yield f"{path}:{reader.line_num}", row
 
 

@@ -9,13 +9,13 @@ A row without a prompt gets PROMPT with its text. Item id: the given id, else th
 (L1_0001); category: "level-<n>" (or "chineseword"). Rule "chineseword" (E2: character-level accuracy)."""
 from __future__ import annotations
 
-from .base import EvalItem, RowError, Suite, has_cjk, item_seed, jsonl_rows, register, safe_id
+from .base import EvalItem, RowError, Suite, has_cjk, item_seed, jsonl_rows, register, regular, safe_id
 
 PROMPT = "一张白色背景的海报，正中间用黑色楷体写着大字“{text}”"
 
 
 def _txt_rows(path):
-    with open(path, encoding="utf-8") as fh:
+    with open(regular(path), encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             text = line.strip()
             if not text or text.startswith("#"):

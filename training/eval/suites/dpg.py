@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 
-from .base import EvalItem, RowError, Suite, SuiteFileError, csv_rows, item_seed, register, safe_id
+from .base import EvalItem, RowError, Suite, SuiteFileError, csv_rows, item_seed, register, regular, safe_id
 
 COLUMNS = ("item_id", "text", "proposition_id", "dependency", "question_natural_language")
 
@@ -43,11 +43,18 @@ class DPGBench(Suite):
             if not files:
                 raise SuiteFileError(f"{path}: a DPG prompts folder holds <item_id>.txt files; none found")
             for f in files:
-                with open(os.path.join(path, f), encoding="utf-8") as fh:
-                    yield os.path.join(path, f), {"item_id": f[:-4], "text": fh.read().strip(), "questions": None}
+                where = os.path.join(path, f)
+                try:
+                    with open(regular(where, RowError), encoding="utf-8") as fh:
+                        yield where, {"item_id": f[:-4], "text": fh.read().strip(), "questions": None}
+                except (RowError, UnicodeDecodeError) as e:
+                    yield where, e if isinstance(e, RowError) else RowError(f"not UTF-8 text ({e.reason})")
             return
         groups: dict[str, dict] = {}
         for where, row in csv_rows(path, COLUMNS):
+            if isinstance(row, RowError):
+                yield where, row
+                continue
             key = (row.get("item_id") or "").strip()
             if not key:
                 yield where, RowError("field 'item_id' is empty")

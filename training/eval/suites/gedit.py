@@ -18,8 +18,8 @@ import io
 import os
 
 from ....qwenimage_core.images import save_png
-from .base import (EvalItem, RowError, Suite, SuiteFileError, existing_file, item_seed, jsonl_rows, register, safe_id,
-                   text_field)
+from .base import (EvalItem, RowError, Suite, SuiteFileError, existing_file, item_seed, jsonl_rows, register, regular,
+                   safe_id, text_field)
 
 TASKS = ("background_change", "color_alter", "material_alter", "motion_change", "ps_human", "style_change",
          "subject-add", "subject-remove", "subject-replace", "text_change", "tone_transfer")
@@ -34,6 +34,7 @@ def _parquet_rows(path):
     if not files:
         raise SuiteFileError(f"{path}: no .parquet files in it")
     for f in files:
+        regular(f)
         try:
             table = pq.read_table(f)
         except Exception as e:  # pyarrow's several error types for a broken file

@@ -17,7 +17,8 @@ import csv
 import json
 import os
 
-from .base import EvalItem, RowError, Suite, SuiteFileError, csv_rows, item_seed, json_file, register, text_field
+from .base import (EvalItem, RowError, Suite, SuiteFileError, csv_rows, item_seed, json_file, register, regular,
+                   text_field)
 
 SHORT = {"Anime_Stylization": "anime", "Portrait": "human", "General_Object": "object", "Text_Rendering": "text",
          "Knowledge_Reasoning": "reasoning", "Multilingualism": "multilingualism"}
@@ -49,8 +50,11 @@ def _texts(root: str, zh: bool) -> dict:
     path = os.path.join(root, "scripts", "text", "text_content_zh.csv" if zh else "text_content.csv")
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        return {str(r["id"]): r["text_content"] for r in csv.DictReader(fh) if r.get("text_content")}
+    with open(regular(path), encoding="utf-8-sig", newline="") as fh:
+        try:
+            return {str(r["id"]): r["text_content"] for r in csv.DictReader(fh) if r.get("text_content")}
+        except csv.Error as e:
+            raise SuiteFileError(f"{path}: not readable CSV ({e})") from None
 
 
 @register
