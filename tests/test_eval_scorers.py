@@ -46,6 +46,11 @@ def test_text_rules_on_strings():
     assert text_scores("本地烘", ["本地烘焙，始于1998"], "longtext")["word_accuracy"] == 0.3  # 3 of 10 chars
     # ChineseWord: character-level accuracy.
     assert text_scores("龍", ["龍鳳"], "chineseword")["char_accuracy"] == 0.5
+    # characters in order (edit distance), not counted in any order: nothing of "OPEN DAILY" was read
+    wrong = text_scores("CLOSED FOREVER", ["OPEN DAILY"], "cvtg")
+    assert wrong["char_accuracy"] == 0.0 and wrong["word_accuracy"] == 0.0
+    assert text_scores("OPEN DAILX", ["OPEN DAILY"], "cvtg")["char_accuracy"] == pytest.approx(8 / 9)
+    assert text_scores("DAILY OPEN", ["OPEN DAILY"], "cvtg")["char_accuracy"] < 0.5   # order counts
     assert text_scores("", ["OPEN"], "quoted") == {"word_accuracy": 0.0, "char_accuracy": 0.0, "ned": 0.0}
     with pytest.raises(ValueError, match=r"text rule 'mario' is not one of"):
         text_scores("a", ["a"], "mario")

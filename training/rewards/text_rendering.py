@@ -3,7 +3,9 @@ for, under each benchmark's rule. Three metrics per image, all in [0, 1], higher
 
 - word_accuracy: the share of target words that were read (a multiset match: a word asked for twice must be read
   twice; order and position ignored). For Chinese the "words" are characters.
-- char_accuracy: the same on characters (spaces ignored): the share of target characters read.
+- char_accuracy: 1 - Levenshtein(read, target) / len(target) on the characters (spaces ignored), clipped at 0
+  (text_metrics.normalized_edit_distance): order counts, so "CLOSED FOREVER" read for "OPEN DAILY" scores 0, not the
+  0.444 a count of shared characters gave.
 - ned: 1 - Levenshtein(read, target) / max(len(read), len(target)) on the normalised strings (order counts;
   everything else OCR reads in the image costs too). Reported as a similarity, as the CVTG-2K tables print NED.
 
@@ -22,7 +24,7 @@ Rules (what each benchmark's scoring does, and what we could and could not check
   handling is not verified: we lower-case, drop punctuation and symbols (Unicode P*/S*) and compare words, the
   usual convention for OCR word accuracy (unchecked against CVTG-2K's published numbers).
 - "chineseword" (ChineseWord, the Qwen-Image report's own benchmark; no public scorer found): character-level
-  accuracy: keep CJK characters, letters and digits, match characters as a multiset; word_accuracy equals it.
+  accuracy: keep CJK characters, letters and digits; word_accuracy matches characters as a multiset.
 - "quoted" (any prompt with quoted text, the RL OCR reward's case): text_metrics.normalize (NFKC, lower case),
   punctuation dropped, words for English and characters for Chinese."""
 from __future__ import annotations
@@ -31,7 +33,7 @@ import re
 import unicodedata
 from collections import Counter
 
-from ..eval.text_metrics import edit_distance, normalize, quoted_text
+from ..eval.text_metrics import edit_distance, normalize, normalized_edit_distance, quoted_text
 from .base import RewardError, register
 from .ocr import ocr_engine, read_text
 
@@ -72,10 +74,11 @@ def text_scores(read: str, targets: list[str], rule: str = "quoted", language: s
     if not target.replace(" ", ""):
         raise ValueError(f"no text to compare: the targets {targets!r} are empty under the {rule!r} rule")
     words = language == "en" and rule != "chineseword"
-    t_chars, r_chars = list(target.replace(" ", "")), list(got.replace(" ", ""))
+    t_chars, r_chars = target.replace(" ", ""), got.replace(" ", "")
     longest = max(len(target), len(got))
-    return {"word_accuracy": _matched(target.split(), got.split()) if words else _matched(t_chars, r_chars),
-            "char_accuracy": _matched(t_chars, r_chars),
+    word = _matched(target.split(), got.split()) if words else _matched(list(t_chars), list(r_chars))
+    return {"word_accuracy": word,
+            "char_accuracy": 1.0 - normalized_edit_distance(r_chars, t_chars),
             "ned": 1.0 - edit_distance(got, target) / longest}
 
 
