@@ -88,6 +88,19 @@ def load_image(path, what: str = "image") -> Image.Image:
         raise ValueError(f"{what} {path}: not a readable image ({e})") from e
 
 
+def thumbnail_uri(image: Image.Image, side: int, quality: int = 80) -> str:
+    """A JPEG data URI of `image` shrunk to fit side x side: pictures inside an HTML report that needs no files
+    beside it (curation's and evaluation's reports)."""
+    import base64
+    import io
+
+    im = image.convert("RGB")
+    im.thumbnail((side, side))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def not_regular(path, max_bytes: int | None = None) -> str | None:
     """Why `path` must not be opened as an input file, or None. A FIFO named x.png blocks open() forever, a symlink
     to /dev/zero named .jpg never ends, a folder fails late: every place that lists inputs (the trainer's data,

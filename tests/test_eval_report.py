@@ -1,6 +1,6 @@
 """Evaluation reports from hand-made run folders (run.json, images/, results.jsonl as the runner writes them):
-summary means over recorded values, metrics.json / results.csv / report.html, escaped text, images linked by
-working relative paths, a malformed row listed not fatal, and two runs compared by (id, k) with a missing row
+summary means over recorded values, metrics.json / results.csv / report.html, escaped text, images embedded
+(the page alone shows them), a malformed row listed not fatal, and two runs compared by (id, k) with a missing row
 shown as missing."""
 import csv
 import json
@@ -75,8 +75,19 @@ def test_reports_of_one_run(tmp_path):
     assert "word_accuracy: worst" in page and "ned: best" in page and "text_rendering: 1 image(s)" in page
     assert "not JSON" in page   # the problems are in the report
     assert "&quot;read&quot;: &quot;&lt;b&gt;SALE&quot;" in page   # a row's details, escaped
-    for src in re.findall(r"<img[^>]* src='([^']+)'", page):
-        assert os.path.isfile(os.path.join(run, src)), src
+    assert_embedded(page, 6)   # 4 rows, 3 with metrics: worst and best of two metrics, each image once or more
+
+
+def assert_embedded(page, at_least):
+    """Every <img> is a JPEG inside the page (it was a relative link that broke when the page moved alone)."""
+    import base64
+    import io
+
+    srcs = re.findall(r"<img[^>]* src='([^']+)'", page)
+    assert len(srcs) >= at_least
+    for src in srcs:
+        assert src.startswith("data:image/jpeg;base64,"), src[:60]
+        assert Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size == (8, 8)
 
 
 def test_comparison_lines_up_prompts_and_seeds(tmp_path):
@@ -96,12 +107,11 @@ def test_comparison_lines_up_prompts_and_seeds(tmp_path):
         p2 = next(r for r in rows if "p2 #0</code>" in r)
         p4 = next(r for r in rows if "p4 #0</code>" in r)
         assert p2.count(">missing<") == 3 and p4.count(">missing<") == 3   # its image and both metrics
-        assert "source.png' alt='input'" in p4
+        assert f"alt='input' title='{tmp_path / 'source.png'}'" in p4
         assert "<td title='text_rendering: no target text'><span class=missing>failed</span></td>" in p2
         p1 = next(r for r in rows if "p1 #0</code>" in r)
         assert "-0.25" in p1 and "+0.05" in p1    # deltas: lora - base
-        for src in re.findall(r"<img[^>]* src='([^']+)'", page):
-            assert os.path.isfile(os.path.join(os.path.dirname(page_path), src)), (page_path, src)
+        assert_embedded(page, 8)
         assert "lora" in page and "base" in page
     out = compare(b, a, tmp_path / "elsewhere" / "b_vs_a.html")
     assert os.path.isfile(out) and "Comparison: lora vs base" in open(out, encoding="utf-8").read()

@@ -9,12 +9,13 @@ Means are over the values present (null is a recorded failure, counted, not aver
 JSON or lacks its id is listed under "problems" in every report and skipped; the report is still written. A row
 repeated for the same (id, k) (a resumed run) counts once, the last one.
 
-The HTML is one self-contained file: images are linked by relative path (the run folder can be moved or zipped
-whole), every text from the run is escaped. The comparison matches rows by (id, k): the same prompt with the same
+The HTML is one self-contained file: images are embedded as JPEG thumbnails (THUMB px, about 10 KB each; the
+page needs nothing beside it and can be mailed alone), every text from the run is escaped. The comparison matches rows by (id, k): the same prompt with the same
 seed in both runs; a row one run lacks is shown as missing, never dropped."""
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import io
 import json
@@ -25,6 +26,7 @@ from collections import defaultdict
 
 LOWER_IS_BETTER = {"lpips"}  # every other metric: higher is better
 GRID = 8  # images per worst/best grid
+THUMB = 200  # px, the page's largest image box
 
 
 # ------------------------------------------------------------------------------------------------------ reading
@@ -172,7 +174,7 @@ def compare(run_a, run_b, out_html) -> str:
     a, b = (run_a, a_info, a_rows), (run_b, b_info, b_rows)
     title = f"{_tag(run_a, a_info)} vs {_tag(run_b, b_info)}"
     body = (f"<h1>{_e(a_info.get('suite') or '')}: {_e(title)}</h1>" + _problems(a_problems + b_problems)
-            + _comparison(a, b, os.path.dirname(os.path.abspath(out_html))))
+            + _comparison(a, b))
     _write_atomic(out_html, _page(title, body))
     return out_html
 
@@ -200,20 +202,41 @@ def _page(title: str, body: str) -> str:
             f"</head><body>{body}</body></html>\n")
 
 
-def _img(run_dir: str, row: dict, base: str) -> str:
+@functools.lru_cache(maxsize=1024)
+def _thumbnail(path: str, stamp: tuple) -> str:
+    """A data URI of the image at `path` (`stamp`: its mtime and size, so a remade image is read again), or the
+    reason it cannot be shown; an image is read once however many tables show it."""
+    from ...qwenimage_core.images import load_image, thumbnail_uri
+
+    try:
+        return thumbnail_uri(load_image(path), THUMB)
+    except (OSError, ValueError) as e:
+        return f"unreadable: {e}"
+
+
+def _embed(run_dir: str, rel, alt: str) -> str:
+    """<img> of an image (a path relative to the run folder, or absolute) embedded as a thumbnail."""
+    path = os.path.join(run_dir, os.fspath(rel))
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"<div class='missing' title='{_e(path)}'>image missing</div>"
+    uri = _thumbnail(path, (st.st_mtime_ns, st.st_size))
+    if not uri.startswith("data:"):
+        return f"<div class='missing' title='{_e(uri)}'>unreadable image</div>"
+    return f"<img src='{uri}' alt='{_e(alt)}' title='{_e(rel)}'>"
+
+
+def _img(run_dir: str, row: dict) -> str:
     if not row.get("image"):
         return "<div class='missing'>no image</div>"
-    src = os.path.relpath(os.path.join(run_dir, row["image"]), base).replace(os.sep, "/")
-    return f"<img loading='lazy' src='{_e(src)}' alt='{_e(row['id'])}'>"
+    return _embed(run_dir, row["image"], str(row["id"]))
 
 
-def _input(run_dir: str, row: dict, base: str) -> str:
-    """The first edit input of a row (a path relative to the run folder, or absolute), as a thumbnail."""
+def _input(run_dir: str, row: dict) -> str:
+    """The first edit input of a row, as a thumbnail."""
     first = next(iter(row.get("inputs") or ()), None)
-    if not first:
-        return ""
-    src = os.path.relpath(os.path.join(run_dir, os.fspath(first)), base).replace(os.sep, "/")
-    return f"<img loading='lazy' src='{_e(src)}' alt='input'>"
+    return _embed(run_dir, first, "input") if first else ""
 
 
 def _caption(row: dict, limit: int = 160) -> str:
@@ -256,7 +279,7 @@ def _category_table(summary: dict) -> str:
     return f"<h2>By category</h2><table>{head}{body}</table>"
 
 
-def _grids(run_dir: str, rows, base: str) -> str:
+def _grids(run_dir: str, rows) -> str:
     out = []
     for m in metric_names(rows):
         scored = [r for r in rows if r.get("metrics", {}).get(m) is not None]
@@ -264,7 +287,7 @@ def _grids(run_dir: str, rows, base: str) -> str:
             continue
         scored.sort(key=lambda r: r["metrics"][m], reverse=m in LOWER_IS_BETTER)  # worst first
         for label, part in (("worst", scored[:GRID]), ("best", scored[::-1][:GRID])):
-            cards = "".join(f"<figure>{_img(run_dir, r, base)}<figcaption><b>{_fmt(r['metrics'][m])}</b> "
+            cards = "".join(f"<figure>{_img(run_dir, r)}<figcaption><b>{_fmt(r['metrics'][m])}</b> "
                             f"{_caption(r)}{_details(r)}</figcaption></figure>" for r in part)
             out.append(f"<h3>{_e(m)}: {label}</h3><div class='grid'>{cards}</div>")
     return "<h2>Worst and best images</h2>" + "".join(out) if out else ""
@@ -291,7 +314,7 @@ def _delta(m: str, a, b) -> str:
     return f"<td{cls}>{d:+.4g}</td>"
 
 
-def _comparison(a, b, base: str) -> str:
+def _comparison(a, b) -> str:
     """Overall means of both runs with deltas (b - a), then every (id, k) of either run side by side."""
     (a_dir, a_info, a_rows), (b_dir, b_info, b_rows) = a, b
     ta, tb = _tag(a_dir, a_info), _tag(b_dir, b_info)
@@ -326,9 +349,9 @@ def _comparison(a, b, base: str) -> str:
         row = ra or rb
         cells = [f"<td class='t'>{_caption(row, 240)}</td><td class='t'>{_e(row.get('seed', ''))}</td>"]
         if inputs:
-            cells.append(f"<td class='t'>{_input(a_dir if ra else b_dir, row, base)}</td>")
+            cells.append(f"<td class='t'>{_input(a_dir if ra else b_dir, row)}</td>")
         for r, d in ((ra, a_dir), (rb, b_dir)):
-            cells.append(f"<td class='t'>{_img(d, r, base) if r else '<span class=missing>missing</span>'}</td>")
+            cells.append(f"<td class='t'>{_img(d, r) if r else '<span class=missing>missing</span>'}</td>")
         for m in names:
             va = ra.get("metrics", {}).get(m) if ra else None
             vb = rb.get("metrics", {}).get(m) if rb else None
@@ -349,6 +372,6 @@ def render_report(run_dir: str, info: dict, rows, summary: dict, problems, other
     body = (f"<h1>{_e(title)}</h1><table>{meta}</table>" + _problems(problems) + _score_table(summary)
             + _category_table(summary))
     if other is not None:
-        body += _comparison((run_dir, info, rows), other, run_dir)
-    body += _grids(run_dir, rows, run_dir)
+        body += _comparison((run_dir, info, rows), other)
+    body += _grids(run_dir, rows)
     return _page(title, body)

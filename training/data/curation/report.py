@@ -6,12 +6,11 @@ few samples each op dropped, with the reason. Histograms are inline SVG and thum
 needs nothing beside it (no matplotlib, no network)."""
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 import os
 
+from ....qwenimage_core.images import thumbnail_uri
 from .op import decode
 from .pipeline import Pipeline
 from .sources import read_bytes
@@ -130,11 +129,7 @@ def categorical(records) -> str:
 def thumbnail(image: str) -> str | None:
     """A JPEG data URI of the image, or None when it cannot be read (a broken file shows as its reason only)."""
     try:
-        im = decode(read_bytes(image))
-        im.thumbnail((THUMB, THUMB))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=80)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+        return thumbnail_uri(decode(read_bytes(image)), THUMB)
     except Exception:   # unreadable: it was dropped for that
         return None
 
