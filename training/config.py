@@ -433,28 +433,47 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
+def _read(source) -> dict:
+    """The TOML file (or a dict, copied) as plain data. Only a regular file is opened: a FIFO would block open()
+    forever, a folder fail as an OSError."""
+    from ..qwenimage_core.images import not_regular
+
+    if isinstance(source, dict):
+        return json.loads(json.dumps(source))
+    why = not_regular(source, MAX_CONFIG_BYTES)
+    if why:
+        raise ConfigError(f"{source}: config file is {why}")
+    try:
+        with open(source, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{source}: cannot read the config file ({e})") from None
+
+
 def load_raw(source, overrides=()) -> dict:
     """A TOML file (or a dict) as plain data, KEY=VALUE overrides applied, every number finite; checked against
     its dataclass by the caller (this config, or another command's such as `data synth`)."""
-    if isinstance(source, dict):
-        raw = json.loads(json.dumps(source))
-    else:
-        try:
-            with open(source, "rb") as fh:
-                raw = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: config file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    for item in overrides:
-        keys, value = parse_override(item)
-        node = raw
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {k} is not a section")
-        node[keys[-1]] = value
-    check_finite(raw)
+    try:
+        raw = _read(source)
+        for item in overrides:
+            keys, value = parse_override(item)
+            node = raw
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {item!r}: {k} is not a section")
+            node[keys[-1]] = value
+        check_finite(raw)
+    except RecursionError:  # tomllib and check_finite recurse once per level of nesting
+        raise ConfigError(f"{'config' if isinstance(source, dict) else source}: a value is nested too deeply "
+                          "(arrays or tables hundreds of levels deep)") from None
     return raw
 
 
