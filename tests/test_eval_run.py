@@ -285,3 +285,68 @@ def test_a_missing_data_file_or_unknown_scorer_stops_before_loading(models, tmp_
     assert "nope: no such model, LoRA or run directory" in capsys.readouterr().err
     assert main(["eval", "--list"]) == 0
     assert "geneval" in capsys.readouterr().out
+
+
+def test_a_suite_without_scorers_asks_for_one(models, tmp_path, monkeypatch, capsys):
+    # `eval prompts` with no --scorer exited 0 with empty metrics
+    monkeypatch.setattr(core_pipeline, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    args = eval_args(models, prompt_file(tmp_path), tmp_path / "out")
+    assert main(args[:-2]) == 2
+    err = capsys.readouterr().err
+    assert "the prompts suite has no scorer of its own" in err and "give --scorer" in err
+    assert not os.path.exists(tmp_path / "out" / "prompts" / "model_a")
+
+
+def test_other_scorers_score_the_kept_images_again(models, tmp_path, monkeypatch, capsys):
+    # adding a scorer was refused until results.jsonl was deleted by hand
+    data = prompt_file(tmp_path)
+    assert main(eval_args(models, data, tmp_path / "out", "--limit", "2")) == 0
+    run_dir = tmp_path / "out" / "prompts" / "model_a"
+    first = rows(run_dir)
+    monkeypatch.setattr(core_pipeline, "load_pipeline", lambda *a, **k: pytest.fail("made the images again"))
+    capsys.readouterr()
+    assert main(eval_args(models, data, tmp_path / "out", "--limit", "2", "--scorer", "test_eval_run:picky")) == 0
+    assert "scorers changed" in capsys.readouterr().out
+    again = rows(run_dir)
+    assert [(r["id"], r["k"]) for r in again] == [(r["id"], r["k"]) for r in first]
+    assert all(set(r["metrics"]) == {"test_eval_run:brightness", "picky", "seen_id"} for r in again)
+    assert [r["metrics"]["test_eval_run:brightness"] for r in again] == \
+        [r["metrics"]["test_eval_run:brightness"] for r in first]
+    kept = [json.loads(x) for x in (run_dir / "results.1.jsonl").read_text().splitlines()]
+    assert kept == first   # the earlier rows are set aside, not lost
+    assert json.loads((run_dir / "run.json").read_text())["scorers"] == [
+        {"name": "test_eval_run:brightness"}, {"name": "test_eval_run:picky"}]
+
+
+def test_images_made_elsewhere_are_scored(tmp_path, capsys):
+    # scoring a user's own images needed a faked run directory, whose report showed sampling settings
+    data = prompt_file(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name, shade in (("00000_0.png", 10), ("00000_1.jpg", 20), ("00001.png", 30), ("notes.png", 40)):
+        Image.new("RGB", (16, 16), (shade, shade, shade)).save(mine / name)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(mine / "00002_0.png")   # listed, never opened
+    args = ["eval", "prompts", "--images", str(mine), "--data", data, "--out", str(tmp_path / "out"), "-q",
+            "--scorer", "test_eval_run:brightness"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "out" / "prompts" / "images_mine"
+    got = rows(run_dir)
+    assert [(r["id"], r["k"], r["seed"], os.path.basename(r["image"])) for r in got] == [
+        ("00000", 0, None, "00000_0.png"), ("00000", 1, None, "00000_1.jpg"), ("00001", 0, None, "00001.png")]
+    assert got[2]["metrics"]["test_eval_run:brightness"] == pytest.approx(30 / 255, abs=1e-6)
+    if hasattr(os, "mkfifo"):
+        assert "00002_0.png: a FIFO, not a regular file" in out
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["settings"] is None and info["images"] == str(mine) and info["model"] is None
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "made elsewhere" in page and ">steps<" not in page and ">cfg<" not in page
+    assert sorted(os.listdir(mine))[:3] == ["00000_0.png", "00000_1.jpg", "00001.png"]   # nothing moved
+    assert main(args) == 0 and len(rows(run_dir)) == 3   # resumed: nothing scored twice
+    capsys.readouterr()
+    assert main([*args, "--model", str(mine)]) == 2
+    assert "--images scores images made elsewhere: --model cannot apply" in capsys.readouterr().err
+    assert main(["eval", "prompts", "--images", str(tmp_path), "--data", data, "--scorer", "test_eval_run:brightness",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "no image named after an item of the suite" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """`qwenimage eval SUITE --model PATH --data FILE`: generate a benchmark's images with a checkpoint, score them,
 write results.jsonl and the report; `--compare` a second model (or an earlier run) on the same items and seeds.
-`qwenimage eval --list` names the suites and where to download each one's file."""
+`qwenimage eval SUITE --images DIR --data FILE` scores images made elsewhere, named <id>_<k>.png or <id>.png after
+the suite's items (run.py says how). `qwenimage eval --list` names the suites and where to download each one's
+file."""
 from __future__ import annotations
 
 import json
@@ -59,8 +61,11 @@ def cmd_eval(a) -> int:
     if a.list:
         print(list_suites())
         return 0
+    if a.images:
+        return _score_images(a)
     if not a.suite or not a.model or not a.data:
-        raise ValueError("give SUITE, --model and --data (qwenimage eval --list names the suites and their files)")
+        raise ValueError("give SUITE, --model (or --images) and --data (qwenimage eval --list names the suites and "
+                         "their files)")
     for given, what in ((a.model, "--model"), (a.compare or [], "--compare")):
         if len(given) not in (0, 1, 3):
             raise ValueError(f"{what}: a diffusers model folder, or three files: diffusion model, text encoder, VAE")
@@ -93,14 +98,34 @@ def cmd_eval(a) -> int:
                        progress=not a.quiet)
     if result["summary"] is None:
         return 0
-    print(f"{a.suite}: {result['items']} items -> {result['run_dir']}"
+    _print_result(a.suite, result)
+    return 0
+
+
+def _score_images(a) -> int:
+    """--images DIR: score a folder of images made elsewhere; sampling and model options make no sense with it."""
+    given = [opt for opt, value in (("--model", a.model), ("--compare", a.compare), ("--lora", a.lora),
+                                    ("--size", a.size), ("--images-per-prompt", a.images_per_prompt)) if value]
+    if given:
+        raise ValueError(f"--images scores images made elsewhere: {', '.join(given)} cannot apply to them")
+    if not a.suite or not a.data:
+        raise ValueError("give SUITE and --data with --images (qwenimage eval --list names the suites and their files)")
+    from .run import score_folder
+
+    result = score_folder(a.suite, a.data, a.images, a.out, scorers=a.scorer, limit=a.limit, on_error=a.on_error,
+                          judge=a.judge, progress=not a.quiet)
+    _print_result(a.suite, result)
+    return 0
+
+
+def _print_result(suite: str, result: dict) -> None:
+    print(f"{suite}: {result['items']} items -> {result['run_dir']}"
           + (f" ({result['skipped']} rows skipped, see skipped.jsonl)" if result["skipped"] else ""))
     for name, summary in (("", result["summary"]), ("compare ", result.get("compare_summary"))):
         for metric, value in (summary or {}).get("overall", {}).items():
             print(f"  {name}{metric}: {value:.4f}")
     for what, path in (result.get("reports") or {}).items():
         print(f"{what}: {path}")
-    return 0
 
 
 def _lora_spec(spec: str) -> tuple[str, float]:
@@ -125,7 +150,7 @@ def _process_device():
 
 
 def register_cli(sub) -> None:
-    from ...cli import finite_float, parse_device, parse_dtype, positive_int
+    from ...qwenimage_core.cli_args import finite_float, parse_device, parse_dtype, positive_int
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a benchmark suite (GenEval, DPG, OneIG, CVTG-2K, ...)")
     p.add_argument("suite", nargs="?", help="the suite (qwenimage eval --list)")
@@ -133,6 +158,8 @@ def register_cli(sub) -> None:
     p.add_argument("--model", nargs="+", help="a diffusers model folder, or three files: diffusion model, text "
                                               "encoder, VAE")
     p.add_argument("--data", help="the suite's file as downloaded (see --list)")
+    p.add_argument("--images", metavar="DIR", help="score the images in DIR instead of generating: <id>_<k>.png or "
+                                                   "<id>.png (.jpg, .webp) per item of the suite")
     p.add_argument("--out", default="eval", help="output root: OUT/<suite>/<model>/ (default ./eval)")
     p.add_argument("--compare", nargs="+", help="a second model (same items and seeds), or an earlier run directory")
     p.add_argument("--steps", type=positive_int, default=50)
@@ -160,9 +187,11 @@ def register_cli(sub) -> None:
 
 
 def main(argv=None) -> int:
-    from ...cli import main as qwenimage_main
+    from ...qwenimage_core.cli_args import Parser, run
 
-    return qwenimage_main(["eval", *(argv if argv is not None else sys.argv[1:])])
+    ap = Parser(prog="qwenimage")
+    register_cli(ap.add_subparsers(dest="command", required=True))
+    return run(ap, ["eval", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

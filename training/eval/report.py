@@ -154,7 +154,7 @@ def write_reports(run_dir, compare_dir=None) -> dict:
     summary = summarize(rows)
     paths = {"metrics": os.path.join(run_dir, "metrics.json"), "csv": os.path.join(run_dir, "results.csv"),
              "html": os.path.join(run_dir, "report.html")}
-    record = {k: info.get(k) for k in ("suite", "model", "model_tag", "settings", "scorers", "created")}
+    record = {k: info.get(k) for k in ("suite", "model", "images", "model_tag", "settings", "scorers", "created")}
     _write_atomic(paths["metrics"], json.dumps({**record, **summary, "problems": problems}, indent=1,
                                                ensure_ascii=False) + "\n")
     _write_atomic(paths["csv"], results_csv(rows))
@@ -365,8 +365,10 @@ def _comparison(a, b) -> str:
 def render_report(run_dir: str, info: dict, rows, summary: dict, problems, other=None) -> str:
     settings = info.get("settings") or {}
     title = f"{info.get('suite') or 'evaluation'}: {_tag(run_dir, info)}"
+    source = [("scored images", f"{info['images']} (made elsewhere: how is not known)")] if info.get("images") \
+        else [("model", info.get("model", ""))]
     meta = "".join(f"<tr><td class='t'>{_e(k)}</td><td class='t'>{_e(v)}</td></tr>"
-                   for k, v in [("model", info.get("model", "")), *settings.items(),
+                   for k, v in [*source, *settings.items(),
                                 ("scorers", json.dumps(info.get("scorers", []), ensure_ascii=False)),
                                 ("created", info.get("created", "")), ("images", summary["n"])])
     body = (f"<h1>{_e(title)}</h1><table>{meta}</table>" + _problems(problems) + _score_table(summary)

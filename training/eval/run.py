@@ -9,7 +9,15 @@
 
 Resuming is the default: images on disk are not made again and rows in results.jsonl are not scored again. A run
 directory keeps its settings: asking it for other ones is an error naming them (mixed images would compare
-nothing). A scorer that fails on an image leaves its metrics null with the reason in "failures"; the run goes on.
+nothing). Other scorers are not: the kept images are scored again with them, the earlier rows set aside as
+results.<n>.jsonl. A scorer that fails on an image leaves its metrics null with the reason in "failures"; the run
+goes on.
+
+`score_folder` (`qwenimage eval SUITE --images DIR`) scores images a user already has, made by anything: the
+image k of item <id> is DIR/<id>_<k>.<ext> (k any whole number: an earlier run's images/ folder and LongText's
+<prompt_id>_<1..4>.png both fit) or DIR/<id>.<ext> (k = 0), ext one of IMAGE_EXTS. Its run directory is
+OUT/<suite>/images_<DIR name>/; its rows name the files where they are (nothing copied) and its run.json has no
+sampling settings (none are known), so the report shows none.
 
 `evaluate(pipeline, items, scorers, out_dir)` is the same path for a pipeline already in memory (the trainer's
 periodic held-out evaluation)."""
@@ -22,7 +30,7 @@ import re
 from dataclasses import replace
 from typing import Sequence
 
-from ...qwenimage_core.images import load_image, write_atomic
+from ...qwenimage_core.images import load_image, not_regular, write_atomic
 from ..rewards import base as rewards
 from .generate import Settings, generate, image_path, image_seed, process_split
 from .suites.base import EvalItem, get_suite
@@ -50,22 +58,39 @@ def write_json_atomic(path: str, data) -> None:
     write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False))
 
 
-def check_run_json(run_dir: str, info: dict) -> None:
-    """Refuse to resume a run directory with other settings (or other scorers once rows are scored)."""
+def check_run_json(run_dir: str, info: dict) -> dict | None:
+    """Refuse to resume a run directory with other settings; -> its run.json (None: a new directory)."""
     path = os.path.join(run_dir, "run.json")
     if not os.path.isfile(path):
-        return
+        return None
     with open(path, encoding="utf-8") as fh:
         old = json.load(fh)
-    differ = [f"{k}: {old.get(k)!r} there, {info[k]!r} now" for k in ("suite", "model_tag") if old.get(k) != info[k]]
-    differ += [f"settings.{k}: {v!r} there, {info['settings'].get(k)!r} now"
-               for k, v in old.get("settings", {}).items() if info["settings"].get(k) != v]
+    differ = [f"{k}: {old.get(k)!r} there, {info.get(k)!r} now" for k in ("suite", "model_tag", "images")
+              if old.get(k) != info.get(k)]
+    differ += [f"settings.{k}: {v!r} there, {(info['settings'] or {}).get(k)!r} now"
+               for k, v in (old.get("settings") or {}).items() if (info["settings"] or {}).get(k) != v]
     if differ:
         raise RunDirError(f"{path}: this run directory was made with other settings ({'; '.join(differ)}); "
                           "use another --out, or the same settings to resume it")
-    if old.get("scorers") != info["scorers"] and os.path.isfile(os.path.join(run_dir, RESULTS)):
-        raise RunDirError(f"{path}: its rows were scored with {old.get('scorers')}, not {info['scorers']}; delete "
-                          f"{os.path.join(run_dir, RESULTS)} to score the kept images again")
+    return old
+
+
+def start_run_dir(run_dir: str, info: dict, old: dict | None) -> None:
+    """run.json written for a new run; with other scorers than `old`'s, the rows scored so far set aside as
+    results.<n>.jsonl (kept, not deleted) so every kept image is scored again with the new ones."""
+    os.makedirs(run_dir, exist_ok=True)
+    if old is not None and old.get("scorers") == info["scorers"]:
+        return
+    results = os.path.join(run_dir, RESULTS)
+    if old is not None and os.path.isfile(results):
+        n = 1
+        while os.path.exists(os.path.join(run_dir, f"results.{n}.jsonl")):
+            n += 1
+        os.replace(results, os.path.join(run_dir, f"results.{n}.jsonl"))
+        print(f"note: {run_dir}: scorers changed ({old.get('scorers')} -> {info['scorers']}): the kept images are "
+              f"scored again; the earlier rows are in results.{n}.jsonl")
+    write_json_atomic(os.path.join(run_dir, "run.json"),
+                      {**info, "created": old.get("created", info["created"])} if old else info)
 
 
 def read_results(run_dir: str) -> list[dict]:
@@ -96,6 +121,13 @@ def append_rows(run_dir: str, rows: list[dict]) -> None:
         fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def write_skipped(run_dir: str, skipped: Sequence[dict]) -> None:
+    """skipped.jsonl: the suite file's rows left out with on_error="skip"."""
+    if skipped:
+        write_atomic(os.path.join(run_dir, "skipped.jsonl"),
+                     "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped))
 
 
 # ------------------------------------------------------------------------------------------------- scoring
@@ -167,10 +199,16 @@ class Scorers:
 
 def score(run_dir: str, items: Sequence[EvalItem], settings: Settings, specs: list[dict], batch: int = 8,
           progress: bool = True) -> int:
-    """Score the images on disk that have no row yet; returns how many rows were added."""
+    """Score the generated images on disk that have no row yet; returns how many rows were added."""
+    jobs = [(it, k, image_path(it, k), image_seed(it, k, settings)) for it in items
+            for k in range(settings.images_per_prompt) if os.path.isfile(os.path.join(run_dir, image_path(it, k)))]
+    return score_jobs(run_dir, jobs, specs, batch, progress)
+
+
+def score_jobs(run_dir: str, jobs: Sequence[tuple], specs: list[dict], batch: int = 8, progress: bool = True) -> int:
+    """Score (item, k, image path (relative to run_dir, or absolute), seed or None) jobs that have no row yet."""
     done = {(r["id"], r["k"]) for r in read_results(run_dir)}
-    jobs = [(it, k) for it in items for k in range(settings.images_per_prompt)
-            if (it.id, k) not in done and os.path.isfile(os.path.join(run_dir, image_path(it, k)))]
+    jobs = [j for j in jobs if (j[0].id, j[1]) not in done]
     if not jobs:
         return 0
     scorers = Scorers(specs)
@@ -180,15 +218,15 @@ def score(run_dir: str, items: Sequence[EvalItem], settings: Settings, specs: li
     failed: dict[str, list[str]] = {}
     for start in range(0, len(jobs), batch):
         group = jobs[start:start + batch]
-        images = [load_image(os.path.join(run_dir, image_path(it, k)), f"item {it.id} image {k}") for it, k in group]
-        metrics, failures, details = scorers([it for it, _ in group], images)
+        images = [load_image(os.path.join(run_dir, path), f"item {it.id} image {k}") for it, k, path, _ in group]
+        metrics, failures, details = scorers([it for it, *_ in group], images)
         for f in failures:
             for metric, reason in f.items():
                 failed.setdefault(metric, []).append(reason)
-        append_rows(run_dir, [{"id": it.id, "k": k, "prompt": it.prompt, "category": it.category,
-                               "seed": image_seed(it, k, settings), "image": image_path(it, k),
-                               "inputs": list(it.inputs), "metrics": m, "failures": f, **({"details": d} if d else {})}
-                              for (it, k), m, f, d in zip(group, metrics, failures, details)])
+        append_rows(run_dir, [{"id": it.id, "k": k, "prompt": it.prompt, "category": it.category, "seed": seed,
+                               "image": path, "inputs": list(it.inputs), "metrics": m, "failures": f,
+                               **({"details": d} if d else {})}
+                              for (it, k, path, seed), m, f, d in zip(group, metrics, failures, details)])
         bar.update(len(group))
     bar.close()
     for metric, reasons in failed.items():
@@ -246,15 +284,12 @@ def run_items(pipe, suite: str, items: Sequence[EvalItem], specs: list[dict], ru
             "data_file": data_file, "settings": settings.to_dict(), "scorers": specs,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "qwenimage_version": _version()}
-    check_run_json(run_dir, info)
+    old = check_run_json(run_dir, info)
     rank, world, wait = process_split()
     if rank == 0:
+        start_run_dir(run_dir, info, old)
         os.makedirs(os.path.join(run_dir, "images"), exist_ok=True)
-        if not os.path.isfile(os.path.join(run_dir, "run.json")):
-            write_json_atomic(os.path.join(run_dir, "run.json"), info)
-        if skipped:
-            with open(os.path.join(run_dir, "skipped.jsonl"), "w", encoding="utf-8") as fh:
-                fh.write("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped))
+        write_skipped(run_dir, skipped)
     wait()
     generate(pipe, items, run_dir, settings, batch=batch, rank=rank, world=world, progress=progress)
     wait()
@@ -293,13 +328,8 @@ def run_suite(suite_name: str, data: str, model, out: str, settings: Settings, s
     `load(model, lora) -> QwenImage` loads a model (the CLI's: device, dtype); the LoRAs apply to `model` only,
     so `--model base --lora style.safetensors --compare base` measures what the LoRA changes. Returns
     {"run_dir", "summary", "reports", ...} (plus "compare_dir" and "compare_summary")."""
-    suite = get_suite(suite_name)
+    suite, items, loaded, specs = _load_suite(suite_name, data, out, scorers, limit, on_error, judge)
     settings = suite_settings(suite, settings)
-    loaded = suite.load(data, on_error, cache_dir=os.path.join(out, suite_name, "inputs"))
-    items = loaded.items[:limit] if limit else loaded.items
-    for s in loaded.skipped:
-        print(f"skipped {s['where']}: {s['error']}")
-    specs = prepare_scorers(scorers if scorers else suite.default_scorers(items), judge)
     other_run = compare is not None and not isinstance(compare, (list, tuple)) and os.path.isfile(
         os.path.join(os.fspath(compare), "run.json"))
     tag = model_tag(model, lora)
@@ -323,6 +353,82 @@ def run_suite(suite_name: str, data: str, model, out: str, settings: Settings, s
         _warn_if_other_settings(compare_dir, suite_name, settings)
     result["reports"] = write_reports(run_dir, compare_dir)
     return result
+
+
+def _load_suite(suite_name, data, out, scorers, limit, on_error, judge):
+    """(suite, items, Loaded, scorer specs): the suite file read and checked, and the scorers, before any work."""
+    suite = get_suite(suite_name)
+    loaded = suite.load(data, on_error, cache_dir=os.path.join(out, suite_name, "inputs"))
+    items = loaded.items[:limit] if limit else loaded.items
+    for s in loaded.skipped:
+        print(f"skipped {s['where']}: {s['error']}")
+    specs = scorers if scorers else suite.default_scorers(items)
+    if not specs:  # a run with no scorer writes empty metrics and says nothing is wrong
+        raise ValueError(f"the {suite_name} suite has no scorer of its own (a prompt set of yours has no agreed "
+                         "measure): give --scorer, e.g. --scorer clip or --scorer text_rendering")
+    return suite, items, loaded, prepare_scorers(specs, judge)
+
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
+MAX_IMAGE_BYTES = 256 << 20  # an image file past 256 MiB is not one a text-to-image model made
+
+
+def folder_jobs(folder: str, items: Sequence[EvalItem]) -> tuple[list[tuple], list[str]]:
+    """(item, k, absolute path, None) for every image of `folder` named after an item (see the module doc), and
+    notes on what was left out: files that are not regular or too large, items with no image."""
+    folder = os.path.abspath(folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--images {folder}: not a folder of images")
+    by_id = {it.id: it for it in items}
+    found, notes = {}, []
+    for name in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in IMAGE_EXTS:
+            continue
+        head, _, tail = stem.rpartition("_")
+        key = (stem, 0) if stem in by_id else (head, int(tail)) if head in by_id and tail.isdigit() else None
+        if key is None:
+            continue
+        path = os.path.join(folder, name)
+        why = not_regular(path, MAX_IMAGE_BYTES)
+        if why:
+            notes.append(f"{path}: {why}")
+        elif key in found:
+            notes.append(f"{path}: image {key[1]} of item {key[0]} is {found[key]} already; left out")
+        else:
+            found[key] = path
+    if not found:
+        raise ValueError(f"--images {folder}: no image named after an item of the suite (<id>_<k>.png or <id>.png, "
+                         f"e.g. {items[0].id}_0.png)")
+    missing = [it.id for it in items if not any(i == it.id for i, _ in found)]
+    if missing:
+        notes.append(f"{len(missing)} of {len(items)} items have no image in {folder} (first: {missing[0]}); "
+                     "they are not scored")
+    return [(by_id[i], k, path, None) for (i, k), path in sorted(found.items())], notes
+
+
+def score_folder(suite_name: str, data: str, folder: str, out: str, scorers: Sequence | None = None,
+                 limit: int | None = None, on_error: str = "stop", judge: str | None = None,
+                 progress: bool = True) -> dict:
+    """`qwenimage eval SUITE --images DIR`: score images made elsewhere (module doc: how they are named). Returns
+    {"run_dir", "summary", "reports", "items", "skipped", "images"}."""
+    suite, items, loaded, specs = _load_suite(suite_name, data, out, scorers, limit, on_error, judge)
+    jobs, notes = folder_jobs(folder, items)
+    for note in notes:
+        print(f"note: {note}")
+    tag = "images_" + model_tag(folder)
+    run_dir = os.path.join(out, suite_name, tag)
+    info = {"suite": suite_name, "model": None, "model_tag": tag, "images": os.path.abspath(folder),
+            "data_file": os.path.abspath(data), "settings": None, "scorers": specs,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "qwenimage_version": _version()}
+    start_run_dir(run_dir, info, check_run_json(run_dir, info))
+    write_skipped(run_dir, loaded.skipped)
+    score_jobs(run_dir, jobs, specs, progress=progress)
+    ids = {it.id for it in items}
+    summary = summarize([r for r in read_results(run_dir) if r["id"] in ids])
+    return {"run_dir": run_dir, "summary": summary, "reports": write_reports(run_dir), "items": len(items),
+            "skipped": len(loaded.skipped), "images": len(jobs)}
 
 
 def _warn_if_other_settings(run_dir: str, suite: str, settings: Settings) -> None:
