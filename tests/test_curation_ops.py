@@ -80,7 +80,7 @@ def test_every_op_is_registered_with_its_statistics():
               "resolution": ("width", "height", "short_side", "long_side", "aspect"),
               "exif_rotation": ("exif_orientation", "exif_rotated"), "dedup": ("phash", "sha256"),
               "clarity": ("clarity",), "luma": ("luma", "dark_fraction", "bright_fraction"),
-              "saturation": ("saturation",), "entropy": ("entropy",), "texture": ("texture",),
+              "saturation": ("saturation", "colourfulness"), "entropy": ("entropy",), "texture": ("texture",),
               "compression": ("blockiness",), "qr_code": ("has_qr", "has_barcode"),
               "ocr_text": ("text_boxes", "text_area", "min_char_height", "text_chars", "text_language", "ocr_text"),
               "caption_length": ("caption_tokens",), "invalid_caption": ("caption_invalid",)}
@@ -171,8 +171,8 @@ def test_a_clean_photo_passes_every_quality_op(fmt):
         run_op(build_op({"op": name}), [it])
     s = rec.stats
     assert 3.5 < s["clarity"] < 7 and 0.4 < s["luma"] < 0.7 and s["dark_fraction"] == s["bright_fraction"] == 0
-    assert 0.3 < s["saturation"] < 0.6 and 6.5 < s["entropy"] <= 8 and s["texture"] < 0.1
-    assert 0.9 < s["blockiness"] < 1.1
+    assert 0.3 < s["saturation"] < 0.6 and 60 < s["colourfulness"] < 110 and 6.5 < s["entropy"] <= 8
+    assert s["texture"] < 0.1 and 0.85 < s["blockiness"] < 1.1
     json.dumps(s, allow_nan=False)   # plain numbers: the manifest is JSON lines
 
 
@@ -183,7 +183,7 @@ def test_quality_ops_drop_the_images_made_to_fail_them():
         "clarity": (base.filter(ImageFilter.GaussianBlur(3)), "clarity"),
         "texture": (Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)), "texture"),
         "entropy": (Image.new("RGB", (640, 480), (120, 140, 160)), "entropy"),
-        "saturation": (ImageEnhance.Color(base).enhance(10), "saturation"),
+        "saturation": (ImageEnhance.Color(base).enhance(10), "colourfulness"),
     }
     for name, (im, stat) in cases.items():
         (rec,) = run(name, item(encode(im)))
@@ -195,14 +195,57 @@ def test_quality_ops_drop_the_images_made_to_fail_them():
 
     gray = encode(base.convert("L").convert("RGB"))
     (default,) = run("saturation", item(gray))
-    assert default.stats["saturation"] == 0.0 and default.dropped is None   # black and white is kept by default
-    (strict,) = run({"op": "saturation", "keep": {"saturation": [0.05, 0.9]}}, item(gray))
-    assert strict.dropped == "saturation: saturation=0 outside [0.05, 0.9]"
+    assert default.stats["saturation"] == default.stats["colourfulness"] == 0.0 and default.dropped is None
+    (strict,) = run({"op": "saturation", "keep": {"saturation": [0.05, 1]}}, item(gray))   # black and white: kept
+    assert strict.dropped == "saturation: saturation=0 outside [0.05, 1]"                 # unless asked
 
     q5, q95 = run("compression", item(encode(base, "JPEG", quality=5), "q5.jpg"),
                   item(encode(base, "JPEG", quality=95), "q95.jpg"))
-    assert q5.stats["blockiness"] > 2 and q5.dropped.startswith("compression: blockiness=")
+    assert q5.stats["blockiness"] > 1.5 and q5.dropped.startswith("compression: blockiness=")
     assert q95.stats["blockiness"] < 1.1 and q95.dropped is None
+
+
+def test_oversaturated_edits_are_caught_by_colourfulness_where_the_mean_saturation_misses_them():
+    """Issue 23.13: Color(6.0) on muted, natural-looking pictures left their mean saturation at 0.6..0.9, under the
+    old 0.9 cut; colourfulness (Hasler-Suesstrunk) separates them from vivid but untouched pictures."""
+    rng = np.random.default_rng(3)
+    muted = []
+    for seed in range(4):   # a scene with its colours halved toward gray: a plausible overcast photo
+        im = ImageEnhance.Color(scene(seed)).enhance(0.5)
+        muted.append(Image.fromarray(np.clip(np.asarray(im, np.float32) + rng.normal(0, 2, (480, 640, 3)), 0, 255)
+                                     .astype(np.uint8)))
+    edited = [ImageEnhance.Color(im).enhance(6.0) for im in muted]
+    kept = run("saturation", *(item(encode(im), f"m{i}.png") for i, im in enumerate(muted + [scene(9)])))
+    assert all(r.dropped is None for r in kept), [r.stats for r in kept]
+    caught = run("saturation", *(item(encode(im, "JPEG", quality=90), f"e{i}.jpg") for i, im in enumerate(edited)))
+    assert all(r.dropped and r.dropped.startswith("saturation: colourfulness=") for r in caught), \
+        [r.stats for r in caught]
+    assert min(r.stats["saturation"] for r in caught) < 0.9   # the old rule let these through
+
+
+def test_blockiness_reads_the_8x8_grid_not_noise_or_other_periods():
+    """Issue 23.15: a texture with 4-pixel-periodic edges (lossless) and noisy pictures at JPEG quality 80 scored
+    1.39 and 1.47..1.52 and were dropped as JPEG damage; only the 8x8 grid, in both directions, counts now."""
+    base = np.asarray(scene(2), np.float32)
+    x, y = np.arange(640)[None, :], np.arange(480)[:, None]
+    rng = np.random.default_rng(0)
+    cases = {   # name: image that is no JPEG damage
+        "stripes4.png": encode(Image.fromarray(np.clip(base * 0.7 + 60 * ((x // 2) % 2)[..., None], 0, 255)
+                                               .astype(np.uint8))),
+        "checks4.png": encode(Image.fromarray(np.clip(base * 0.7 + 60 * ((x // 2 + y // 2) % 2)[..., None], 0, 255)
+                                              .astype(np.uint8))),
+        "stripes16.png": encode(Image.fromarray(np.clip(base * 0.7 + 60 * ((x // 8) % 2)[..., None], 0, 255)
+                                                .astype(np.uint8))),   # on the grid, but one way only
+    }
+    for seed in range(3):
+        noisy = np.clip(np.asarray(scene(seed), np.float32) + rng.normal(0, 10, (480, 640, 3)), 0, 255)
+        cases[f"noisy{seed}_q80.jpg"] = encode(Image.fromarray(noisy.astype(np.uint8)), "JPEG", quality=80)
+    recs = run("compression", *(item(data, name) for name, data in cases.items()))
+    assert all(r.dropped is None and r.stats["blockiness"] < 1.15 for r in recs), \
+        {r.key: r.stats["blockiness"] for r in recs}
+    damaged = run("compression", *(item(encode(scene(s), "JPEG", quality=q), f"s{s}_q{q}.jpg")
+                                   for s in range(3) for q in (10, 20)))
+    assert all(r.dropped and r.stats["blockiness"] > 1.5 for r in damaged), {r.key: r.stats for r in damaged}
 
 
 # ------------------------------------------------------------------------------------------------ QR / barcode
