@@ -494,3 +494,150 @@ def test_uploads_and_user_files_get_the_usual_mode(srv):
     assert status == 200 and (srv.root / "input" / r["name"]).stat().st_mode & 0o777 == 0o666 & ~umask
     assert raw(srv, "POST", "/api/userdata/workflows%2Fmode.json", b"{}")[0] == 200
     assert (srv.root / "user" / "default" / "workflows" / "mode.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ------------------------------------------------------------------------------------------------ issue 23
+
+def test_start_up_sweeps_only_our_own_temporaries(tmp_path):
+    """A kill -9 during Save Image leaves output/.tmp-<hex>.png: the next start deletes such files (not a
+    lookalike, a folder, a symlink, or one so young it may be another process's write in progress)."""
+    import os
+
+    old = (host.models_dir(), host.input_dir(), host.output_dir(), host.temp_dir())
+    S.configure(tmp_path / "models", tmp_path / "input", tmp_path / "output", tmp_path / "temp")
+    (tmp_path / "output" / "sub").mkdir()
+    (tmp_path / "user" / "default").mkdir(parents=True)
+    stale = [tmp_path / "output" / ".tmp-0123456789abcdef.png",
+             tmp_path / "output" / "sub" / ".tmp-aaaaaaaaaaaaaaaa.png",
+             tmp_path / "input" / ".tmp-bbbbbbbbbbbbbbbb.part",
+             tmp_path / "user" / "default" / ".tmp-cccccccccccccccc.part"]
+    outside = tmp_path / "precious.png"
+    outside.write_bytes(b"x")
+    kept = [tmp_path / "output" / ".tmp-notours.png", tmp_path / "output" / "a.tmp-0123456789abcdef.png",
+            tmp_path / "output" / "ComfyUI_00001_.png", tmp_path / "temp" / ".tmp-dddddddddddddddd.png"]  # young
+    for p in stale + kept:
+        p.write_bytes(b"\x89PNG half written")
+    (tmp_path / "output" / ".tmp-eeeeeeeeeeeeeeee").mkdir()
+    link = tmp_path / "output" / ".tmp-ffffffffffffffff.png"
+    link.symlink_to(outside)
+    for p in stale + kept[:-1] + [link]:
+        os.utime(p, (1e9, 1e9), follow_symlinks=False)
+    os.utime(outside, (1e9, 1e9))
+    try:
+        server = S.PromptServer(HMAPPINGS, {}, user_dir=tmp_path / "user")
+        with S.ServerThread(server):
+            pass
+    finally:
+        host.set_models_dir(old[0])
+        host.set_dirs(*old[1:])
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in kept) and link.is_symlink() and outside.read_bytes() == b"x"
+    assert (tmp_path / "output" / ".tmp-eeeeeeeeeeeeeeee").is_dir()
+    assert S.app.sweep_temporaries([tmp_path / "temp"], older_than_s=0) == 1  # the second pass, once it is old
+
+
+def test_only_images_are_uploaded_and_served_inline(srv):
+    """Stored XSS: x.html (.xhtml, .svg, .js) holding anything was accepted and served inline as text/html."""
+    for name in ("x.html", "x.xhtml", "x.svg", "x.js", "x.htm", "x.png.html"):
+        status, body, _ = upload(srv, name, png_bytes())
+        assert status == 400 and b"not an image file name" in body, (name, status, body)
+        assert not (srv.root / "input" / name).exists()
+    status, r, _ = upload(srv, "pasted", png_bytes((9, 9, 9, 255)))  # no extension: the format's own
+    assert status == 200 and r["name"] == "pasted.png"
+    # a file left by an older server, or put there by hand: only ever a download, never a page
+    (srv.root / "input" / "old.html").write_text("<script>fetch('/api/prompt')</script>")
+    (srv.root / "input" / "old.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'><script>1</script></svg>")
+    for name in ("old.html", "old.svg"):
+        status, _, h = call(srv, "GET", f"/api/view?filename={name}&type=input")
+        assert status == 200 and h["Content-Type"] == "application/octet-stream", (name, dict(h))
+        assert h["Content-Disposition"].startswith("attachment;") and h["X-Content-Type-Options"] == "nosniff"
+        assert "sandbox" in h["Content-Security-Policy"]
+    status, body, h = call(srv, "GET", "/api/view?filename=pasted.png&type=input")
+    assert status == 200 and h["Content-Type"] == "image/png" and body[:4] == b"\x89PNG"
+    assert "attachment" not in h["Content-Disposition"] and h["X-Content-Type-Options"] == "nosniff"
+    assert "default-src 'none'" in h["Content-Security-Policy"]
+    # user data is the frontend's JSON and CSS, never a page either
+    assert raw(srv, "POST", "/api/userdata/evil.html", b"<script>1</script>")[0] == 200
+    status, _, h = call(srv, "GET", "/api/userdata/evil.html")
+    assert status == 200 and h["Content-Type"] == "application/octet-stream"
+    assert h["Content-Disposition"].startswith("attachment;")
+    assert raw(srv, "POST", "/api/userdata/workflows%2Fw.json", b'{"a": 1}')[0] == 200
+    status, body, h = call(srv, "GET", "/api/userdata/workflows%2Fw.json")
+    assert body == {"a": 1} and h["Content-Type"] == "application/json" and h["X-Content-Type-Options"] == "nosniff"
+
+
+def test_odd_upload_names_and_paths_are_4xx(srv):
+    """A 10,000-character or control-character name, or a path longer than the file system allows, was a 500."""
+    names = ["a" * 10000 + ".png", "a\x01b.png", "a\x7fb.png", "\x1b[31mred.png", "a\rb.png", "a\nb.png"]
+    for name in names:
+        status, body, _ = upload(srv, name, png_bytes())
+        assert status == 400 or (status == 200 and "\x7f" not in body["name"]), (name[:12], status, body)
+    deep = "/".join(["b" * 150] * 40)
+    status, body, _ = upload(srv, "x.png", png_bytes(), subfolder=deep)
+    assert status == 400 and b"longer than" in body, (status, body)
+    assert raw(srv, "POST", "/api/userdata/" + urllib.parse.quote(deep + "/w.json", safe=""), b"{}")[0] == 400
+    assert raw(srv, "GET", "/api/userdata/" + urllib.parse.quote(deep + "/w.json", safe=""))[0] == 400
+    assert 400 <= call(srv, "GET", "/api/view?type=input&filename=x.png&subfolder=" + deep)[0] < 500
+    _healthy(srv)
+
+
+def test_a_full_disk_is_507_with_the_reason_and_nothing_changes(srv, monkeypatch):
+    import errno
+
+    from qwenimage.nodes.server import routes_files, routes_user
+
+    assert call(srv, "POST", "/api/settings", {"Comfy.Before": 1})[0] == 200
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(routes_files, "atomic_write", full)
+    monkeypatch.setattr(routes_user, "atomic_write", full)
+    before = sorted(p.name for p in (srv.root / "input").iterdir())
+    status, body, _ = upload(srv, "full.png", png_bytes((1, 1, 1, 255)))
+    assert status == 507 and "disk is full" in json.dumps(body), (status, body)
+    assert sorted(p.name for p in (srv.root / "input").iterdir()) == before
+    for path, data in (("/api/settings", b'{"Comfy.After": 2}'), ("/api/settings/Comfy.After", b"2"),
+                       ("/api/userdata/workflows%2Ffull.json", b"{}")):
+        status, body = raw(srv, "POST", path, data)
+        assert status == 507 and b"disk is full" in body, (path, status, body)
+    monkeypatch.undo()
+    settings = call(srv, "GET", "/api/settings")[1]
+    assert settings["Comfy.Before"] == 1 and "Comfy.After" not in settings
+    assert not (srv.root / "user" / "default" / "workflows" / "full.json").exists()
+
+
+def test_a_deeply_nested_websocket_message_is_ignored(srv):
+    """100,000 levels of nesting in a text frame ended that socket's handler (a RecursionError)."""
+    async def go():
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"{srv.url}/ws?clientId=deep") as ws:
+            assert json.loads((await ws.receive()).data)["type"] == "status"
+            await ws.send_str("[" * 100_000 + "]" * 100_000)
+            await ws.send_str(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+            m = await asyncio.wait_for(ws.receive(), 30)
+            assert m.type == aiohttp.WSMsgType.TEXT, m
+            return json.loads(m.data)["type"]
+
+    assert asyncio.run(go()) == "feature_flags"
+    _healthy(srv)
+
+
+def test_a_user_data_path_ending_in_a_separator_is_refused(srv):
+    """`POST /api/userdata/fresh_folder%2F` answered 200 and wrote a file named fresh_folder."""
+    for path in ("fresh_folder%2F", "fresh_folder%2F.", "a%2Fb%5C"):
+        status, body = raw(srv, "POST", "/api/userdata/" + path, b"{}")
+        assert status == 400 and b"names a folder" in body, (path, status, body)
+    assert not (srv.root / "user" / "default" / "fresh_folder").exists()
+    assert raw(srv, "POST", "/api/userdata/moved.json", b"{}")[0] == 200
+    assert raw(srv, "POST", "/api/userdata/moved.json/move/dest_folder%2F", b"")[0] == 400
+    assert (srv.root / "user" / "default" / "moved.json").is_file()
+
+
+def test_serve_port_out_of_range_is_a_usage_error(capsys):
+    from qwenimage.cli import main
+
+    for port in ("99999", "0", "-1", "http"):
+        with pytest.raises(SystemExit) as e:
+            main(["serve", "--port", port])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "is not a TCP port" in err and len(err.strip().splitlines()) == 1, err

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
+import stat
 import struct
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -26,6 +30,30 @@ log = logging.getLogger("qwenimage.server")
 
 MAX_UPLOAD_MB = 100
 ROUTE_MODULES = (routes_system, routes_prompt, routes_files, routes_user, first_screen)
+# the names qwenimage_core.images.create_temp gives (".tmp-" + 16 hex digits + a short suffix): only ours are swept
+TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{16}(\.[A-Za-z0-9]{1,8})?")
+TEMP_GRACE_S = 30.0  # a younger temporary may be another process's write in progress: swept on the second pass
+
+
+def sweep_temporaries(folders, older_than_s: float = TEMP_GRACE_S) -> int:
+    """Delete our own temporaries (TEMP_NAME, regular files, not modified for `older_than_s`) under `folders`,
+    subfolders included: what a kill -9 during a save left behind. Returns how many were deleted."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for folder in folders:
+        for root, _dirs, files in os.walk(folder):  # symlinked folders are not followed
+            for name in filter(TEMP_NAME.fullmatch, files):
+                path = os.path.join(root, name)
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except OSError as e:  # gone meanwhile, or not ours to delete
+                    log.debug("temporary %s not swept: %s", path, e)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted save", removed)
+    return removed
 
 
 def default_mappings():
@@ -226,8 +254,13 @@ class PromptServer:
         app.on_shutdown.append(self._on_shutdown)
         return app
 
+    def temp_folders(self) -> list:
+        return [host.output_dir(), host.input_dir(), host.temp_dir(), self.user_root]
+
     async def _on_startup(self, app):
         self.loop = asyncio.get_running_loop()
+        sweep_temporaries(self.temp_folders())
+        self.loop.call_later(TEMP_GRACE_S, self.loop.run_in_executor, None, sweep_temporaries, self.temp_folders())
         self.start_worker()
 
     async def _on_shutdown(self, app):

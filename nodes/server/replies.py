@@ -2,6 +2,7 @@
 writes, and the aiohttp key under which the app holds its PromptServer."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 from pathlib import Path
@@ -34,7 +35,27 @@ MAX_JSON_DEPTH = 64  # a real workflow nests a few levels; 1000 levels broke eve
 
 
 class BadRequest(ValueError):
-    """A request the server refuses with 400 and this message."""
+    """A request the server refuses with this message and `status` (400 unless said)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+# what a failed write says to the client: the disk is full (507), or the name it asked for cannot exist (400)
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_BAD_NAME = {errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EINVAL, errno.EILSEQ}
+
+
+def write_refused(e: OSError, what: str) -> BadRequest:
+    """The BadRequest for an OSError writing `what`: 507 for a full disk, 400 for a name the file system
+    refuses, else 500, each with the reason rather than a bare 500."""
+    reason = e.strerror or str(e)
+    if e.errno in _FULL:
+        return BadRequest(f"cannot write {what}: the server's disk is full ({reason}); nothing was changed", 507)
+    if e.errno in _BAD_NAME:
+        return BadRequest(f"cannot write {what}: {reason}")
+    return BadRequest(f"cannot write {what}: {reason}", 500)
 
 
 def _refuse_constant(name):
@@ -104,12 +125,12 @@ def id_list(data: dict, *keys) -> list[str]:
 
 @web.middleware
 async def bad_requests(request, handler):
-    """A BadRequest raised anywhere in a handler is a 400 with its message."""
+    """A BadRequest raised anywhere in a handler is answered with its status and message."""
     try:
         return await handler(request)
     except BadRequest as e:
         return web.json_response({"error": {"type": "bad_request", "message": str(e), "details": str(e),
-                                            "extra_info": {}}, "node_errors": {}}, status=400)
+                                            "extra_info": {}}, "node_errors": {}}, status=e.status)
 
 
 def to_int(v, default):
@@ -117,6 +138,10 @@ def to_int(v, default):
         return int(v)
     except (TypeError, ValueError):
         return default
+
+
+# on files served back (/view, /userdata): the browser guesses no type, and nothing in them may run or load
+INERT_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
 
 
 def ascii_name(name: str) -> str:

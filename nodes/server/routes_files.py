@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mimetypes
 import os
 import re
 from io import BytesIO
@@ -14,16 +13,18 @@ from pathlib import Path
 from typing import Optional
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .. import host
 from .. import limits
 from ..limits import PixelLimitError, check_image_size
-from .replies import ascii_name, atomic_write, server_of
+from .replies import INERT_HEADERS, ascii_name, atomic_write, server_of, write_refused
 
 routes = web.RouteTableDef()
 
-_BAD_CHARS = re.compile(r'[\x00-\x1f<>:"|?*\\/]')
+_BAD_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes; the rest is room for a " (12)" de-duplicating suffix
+MAX_PATH_BYTES = 3000  # Linux allows 4096 for a whole path: the rest is room for the folder and a file name
 
 
 def sanitize_filename(name: str) -> str:
@@ -59,6 +60,8 @@ def safe_join(base, *parts) -> Path:
     if any(len(seg.encode()) > MAX_NAME_BYTES for seg in segments):
         raise PermissionError(f"a name in the path is longer than {MAX_NAME_BYTES} bytes")
     path = (base / rel).resolve() if rel else base
+    if len(str(path).encode()) > MAX_PATH_BYTES:  # else every stat() of it is an OSError (ENAMETOOLONG)
+        raise PermissionError(f"the path is longer than {MAX_PATH_BYTES} bytes")
     if path != base and base not in path.parents:
         raise PermissionError("path escapes its folder")
     return path
@@ -99,6 +102,8 @@ async def _upload(request, mask: bool):
         return web.json_response({"error": f"upload larger than {s.max_upload} bytes"}, status=413)
     except ValueError:
         return web.Response(status=400, text="expected multipart form data")
+    except HttpProcessingError as e:  # a part header over 8 KB (a 10,000-character name), control characters
+        return web.Response(status=400, text=f"malformed multipart upload: {e.message[:300]}")
     image = post.get("image")
     if image is None or not hasattr(image, "file"):
         return web.Response(status=400, text="no image")
@@ -128,10 +133,37 @@ async def _upload(request, mask: bool):
     except (ValueError, OSError) as e:
         return web.Response(status=400, text=f"bad {'mask' if mask else 'image'} upload: {e}")
     try:
-        name = _store(folder, name, data, overwrite)
-    except (NotADirectoryError, FileExistsError, IsADirectoryError) as e:
-        return web.Response(status=400, text=f"cannot write into subfolder {subfolder!r}: {e.strerror}")
+        name = _store(folder, image_name(name, data), data, overwrite)
+    except ValueError as e:
+        return web.Response(status=400, text=str(e))
+    except OSError as e:
+        raise write_refused(e, f"{name!r} into subfolder {subfolder[:100]!r}") from None
     return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
+
+
+# Types /view serves inline, and the only ones an upload may be named as: raster images, which a browser never
+# runs. An .html, .svg or .js file served inline from this origin could script the API (stored XSS).
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+               ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}
+_FORMAT_EXT = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tiff"}
+
+
+def image_name(name: str, data: bytes) -> str:
+    """An upload's name with an image extension: the format's own when it has none; ValueError when its
+    extension is not an image type (x.html, x.svg)."""
+    from PIL import Image
+
+    ext = os.path.splitext(name)[1].lower()
+    if ext in IMAGE_TYPES:
+        return name
+    if ext:
+        raise ValueError(f"{name[:100]!r} is not an image file name: uploads here must be named "
+                         f"{', '.join(IMAGE_TYPES)}")
+    with Image.open(BytesIO(data)) as im:
+        fmt = im.format
+    if fmt not in _FORMAT_EXT:
+        raise ValueError(f"{name[:100]!r}: {fmt} images are not accepted here, only {', '.join(_FORMAT_EXT)}")
+    return shorten_name(name, MAX_NAME_BYTES - len(_FORMAT_EXT[fmt])) + _FORMAT_EXT[fmt]
 
 
 def _store(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
@@ -222,7 +254,7 @@ async def view(request):
     if not path.is_file():
         return web.Response(status=404)
     name = path.name
-    disposition = {"Content-Disposition": f'filename="{ascii_name(name)}"'}
+    headers = {"Content-Disposition": f'filename="{ascii_name(name)}"', **INERT_HEADERS}
     channel = q.get("channel", "rgba")
     if "preview" in q or channel in ("rgb", "a"):  # re-encoded: only images, only up to the pixel limit
         try:
@@ -230,10 +262,13 @@ async def view(request):
         except (ValueError, OSError) as e:
             return web.Response(status=400, text=f"cannot preview: {e}")
         if "preview" in q:
-            return _view_preview(path, q, disposition)
-        return _view_channel(path, channel, disposition)
-    ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return web.FileResponse(path, headers={**disposition, "Content-Type": ctype})
+            return _view_preview(path, q, headers)
+        return _view_channel(path, channel, headers)
+    ctype = IMAGE_TYPES.get(os.path.splitext(name)[1].lower())
+    if ctype is None:  # anything else (an .html or .svg left by an older server) is only ever a download
+        ctype = "application/octet-stream"
+        headers["Content-Disposition"] = "attachment; " + headers["Content-Disposition"]
+    return web.FileResponse(path, headers={**headers, "Content-Type": ctype})
 
 
 def _view_preview(path: Path, q, headers):

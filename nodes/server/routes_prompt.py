@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -14,7 +13,7 @@ from .. import host
 from ..execution import SENSITIVE_EXTRA_DATA_KEYS, validate_prompt
 from .previews import PER_PROMPT_METHODS
 from .queue import job_from_history, job_from_queue, public_item
-from .replies import BadRequest, id_list, json_body, json_reply, read_json, server_of, to_int
+from .replies import BadRequest, id_list, json_body, json_reply, parse_json, read_json, server_of, to_int
 
 log = logging.getLogger("qwenimage.server")
 routes = web.RouteTableDef()
@@ -38,8 +37,9 @@ async def websocket(request):
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 try:
-                    data = json.loads(msg.data)
-                except ValueError:
+                    data = parse_json(msg.data)  # 100,000 levels of nesting: a RecursionError would end the socket
+                except BadRequest as e:
+                    log.info("websocket %s: message ignored: %s", sid[:40], e)
                     continue
                 if first and isinstance(data, dict) and data.get("type") == "feature_flags":
                     flags = data.get("data")

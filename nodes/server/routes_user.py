@@ -9,7 +9,8 @@ from typing import Optional
 
 from aiohttp import web
 
-from .replies import BadRequest, atomic_write, json_body, read_json, server_of
+from .replies import (INERT_HEADERS, BadRequest, ascii_name, atomic_write, json_body, read_json, server_of,
+                      write_refused)
 from .routes_files import MAX_NAME_BYTES, safe_join
 
 log = logging.getLogger("qwenimage.server")
@@ -21,6 +22,7 @@ DEFAULT_SETTINGS = {"Comfy.Notification.ShowVersionUpdates": False, "Comfy.Tutor
                     # no node packs can be installed here: first_screen.js names the missing types instead
                     "Comfy.Workflow.ShowMissingNodesWarning": False}
 SETTINGS_FILE = "comfy.settings.json"
+USER_TYPES = {".json": "application/json", ".css": "text/css", ".txt": "text/plain; charset=utf-8"}
 
 
 def user_dir(s) -> Path:
@@ -39,6 +41,8 @@ def user_path(s, rel: str) -> Optional[Path]:
 
 def file_path(s, rel: str) -> Path:
     """user_dir/rel for a file to write: BadRequest when rel leaves the folder or names a folder."""
+    if rel.replace("\\", "/").rsplit("/", 1)[-1] in ("", ".", ".."):  # "folder/" would write a file "folder"
+        raise BadRequest(f"invalid path {rel[:100]!r}: it names a folder, not a file")
     path = user_path(s, rel)
     if path is None:
         raise BadRequest(f"invalid path {rel[:100]!r}: it leaves the user folder or a name is longer than "
@@ -48,13 +52,13 @@ def file_path(s, rel: str) -> Path:
     return path
 
 
-def write_file(path: Path, data: bytes, rel: str):
-    """Write a user file atomically; a path the file system refuses (a file where a folder should be) is a
-    BadRequest naming it."""
+def write_file(path: Path, data: bytes, what: str):
+    """Write a user file atomically; a path the file system refuses (a file where a folder should be) or a full
+    disk is a BadRequest naming it."""
     try:
         atomic_write(path, data)
-    except (NotADirectoryError, FileExistsError, IsADirectoryError) as e:
-        raise BadRequest(f"cannot write {rel!r}: {e.strerror}") from None
+    except OSError as e:
+        raise write_refused(e, what) from None
 
 
 def rel_name(s, path: Path) -> str:
@@ -102,7 +106,7 @@ def load_settings(s, defaults: bool = True) -> dict:
 
 
 def save_settings(s, settings: dict):
-    atomic_write(user_dir(s) / SETTINGS_FILE, json.dumps(settings, indent=4).encode())
+    write_file(user_dir(s) / SETTINGS_FILE, json.dumps(settings, indent=4).encode(), "the settings")
 
 
 @routes.get("/settings")
@@ -192,7 +196,12 @@ async def get_userdata(request):
         if same_path(path, user_dir(s) / "comfy.templates.json"):
             return web.json_response([])
         return web.Response(status=404)
-    return web.FileResponse(path)
+    # a user file is the frontend's data, never a page: an .html or .svg saved here must not run on this origin
+    ctype = USER_TYPES.get(path.suffix.lower())
+    headers = {**INERT_HEADERS, "Content-Type": ctype or "application/octet-stream"}
+    if ctype is None:
+        headers["Content-Disposition"] = f'attachment; filename="{ascii_name(path.name)}"'
+    return web.FileResponse(path, headers=headers)
 
 
 @routes.post("/userdata/{file}")
@@ -204,7 +213,7 @@ async def post_userdata(request):
     if path.exists() and not overwrite:
         return web.Response(status=409, text="File already exists")
     body = await request.read()
-    write_file(path, body, request.match_info["file"])
+    write_file(path, body, repr(request.match_info["file"][:100]))
     return web.json_response(file_info(path, user_dir(s)) if q.get("full_info", "false").lower() == "true"
                              else rel_name(s, path))
 
@@ -235,7 +244,7 @@ async def move_userdata(request):
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
-    except (NotADirectoryError, FileExistsError, IsADirectoryError) as e:
-        raise BadRequest(f"cannot move to {request.match_info['dest']!r}: {e.strerror}") from None
+    except OSError as e:
+        raise write_refused(e, repr(request.match_info["dest"][:100])) from None
     return web.json_response(file_info(dst, user_dir(s)) if request.rel_url.query.get("full_info", "false") == "true"
                              else rel_name(s, dst))

@@ -116,6 +116,16 @@ def _positive(kind):
     return parse
 
 
+def _port(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:  # the bind would fail with an OverflowError traceback
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value
+
+
 def register_cli(sub) -> None:
     """Add `qwenimage serve` to the command line's sub-parsers."""
     p = sub.add_parser("serve", help="the graph editor: serve the ComfyUI frontend over this node pack",
@@ -124,7 +134,7 @@ def register_cli(sub) -> None:
                                    "diffusion_models/, text_encoders/, vae/, loras/ (and diffusers/ for model "
                                    "folders).")
     p.add_argument("--listen", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8188)
+    p.add_argument("--port", type=_port, default=8188, help="TCP port, 1-65535 (default 8188)")
     p.add_argument("--models-dir", default=None,
                    help="ComfyUI-style models folder (default: $QWENIMAGE_MODELS_DIR or ./models)")
     p.add_argument("--input-dir", default=None, help="uploads and LoadImage files (default ./input)")
