@@ -1,76 +1,16 @@
 """`qwenimage` command line: one entry point over the core (and, as they land, the node server and the trainer)."""
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import sys
 import tempfile
 import time
 
 
-class Parser(argparse.ArgumentParser):
-    """Usage errors as one line (and exit code 2), not the usage block: a script's log shows what was wrong."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def parse_dtype(name: str):
-    """The core's dtype names (bf16, fp16, fp32, fp8 and the long ones) for argparse's type=."""
-    from .qwenimage_core.dtypes import parse_dtype as parse
-
-    try:
-        return parse(name)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def parse_device(name: str) -> str:
-    """A torch device this machine has ('cpu', 'cuda', 'cuda:1', 'mps'), checked before anything loads."""
-    import torch
-
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"device {name!r}: CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"device {name!r}: MPS is not available on this machine")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise argparse.ArgumentTypeError(f"device {name!r}: use cpu, cuda or cuda:N")
-    return name
-
-
-def finite_float(text: str) -> float:
-    """A float that is a number: inf and nan would run and write a flat image."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return v
-
-
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{v} is not positive")
-    return v
-
-
-def unit_float(text: str) -> float:
-    v = finite_float(text)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{v} is not between 0 and 1")
-    return v
+# The argument types and the one-line usage errors sit a floor down, shared with the faces' own command lines
+# (training/cli.py, training/eval/cli.py), which import them from there rather than from this module.
+from .qwenimage_core.cli_args import (Parser, finite_float, parse_device, parse_dtype, positive_int,  # noqa: F401
+                                      run, unit_float)
 
 
 def check_output(path: str) -> None:
@@ -282,25 +222,24 @@ def main(argv=None) -> int:
     p.add_argument("--revision", default=None)
     p.set_defaults(fn=cmd_download)
 
-    # The two faces add their own commands below: serve (nodes/server.py); train and cache (training/cli.py).
+    # The two faces add their own commands below: serve (nodes/server/run.py); train, cache, data, eval
+    # (training/cli.py). The server's module loads torch and aiohttp, so its options are added only when the
+    # command line asks for serve; otherwise a placeholder lists it (`qwenimage --help` stays light).
     # --- faces ---
-    from .nodes.server import register_cli as _serve_cli; _serve_cli(sub)
-    from .training.cli import register_cli as _train_cli; _train_cli(sub)
-    a = ap.parse_args(argv)
-    from .qwenimage_core import CheckpointError
+    if _command(argv) == "serve":
+        from .nodes.server import register_cli as _serve_cli; _serve_cli(sub)
+    else:
+        sub.add_parser("serve", help=SERVE_HELP, add_help=False)
+    from .training.cli import register_cli as _train_cli, stops; _train_cli(sub)
+    return run(ap, argv, stops=stops)
 
-    from .qwenimage_core.hub import DownloadError
-    from .training.guards import TrainingStopped
 
-    try:
-        return a.fn(a)
-    except (CheckpointError, DownloadError, FileNotFoundError, ValueError) as e:  # incl. config and data errors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (OSError, TrainingStopped) as e:  # a full disk, a diverged run: said in one line, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+SERVE_HELP = "the graph editor: serve the ComfyUI frontend over this node pack"  # as nodes/server/run.py says
 
+
+def _command(argv) -> str | None:
+    """The subcommand a command line names: its first word that is not an option."""
+    return next((w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")), None)
 
 if __name__ == "__main__":
     sys.exit(main())

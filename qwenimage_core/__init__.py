@@ -1,19 +1,33 @@
 """qwenimage_core: the Qwen-Image model library (MSRoPE MMDiT, VAE, text encoder, schedules, pipelines, I/O).
 
 It knows nothing of nodes or training; both faces import from here."""
-from .attention import register_attention_backend, set_attention_backend
-from .checkpoint import load_transformer, save_comfyui_transformer, save_transformer
-from .config import PRESETS, TransformerConfig, preset
-from .schedules import (ScheduleConfig, euler_step, fixed_shift_sigmas, initial_noise, official_sigmas, pack_latents,
-                        unpack_latents)
-from .text_encoder import QwenTextEncoder, load_text_encoder
-from .transformer import QwenImageTransformer
-from .weights import CheckpointError
-from .vae import QwenImageVAE, VAEConfig, load_vae, save_comfyui_vae, save_vae
-from .lora import LoraError, apply_loras, read_lora, save_lora
-from .sampling import Conditioning, Interrupted, denoise
-from .offload import BlockSwap, plan_for_budget
-from .pipeline import Placement, QwenImage, load_pipeline
+import importlib
+
+# name -> the submodule defining it, imported on first use (PEP 562): `import qwenimage.qwenimage_core.images` or the
+# command line's --help must not pay for torch and the model code; `from qwenimage.qwenimage_core import X` still works.
+_EXPORTS = {
+    "register_attention_backend": "attention", "set_attention_backend": "attention",
+    "load_transformer": "checkpoint", "save_comfyui_transformer": "checkpoint", "save_transformer": "checkpoint",
+    "PRESETS": "config", "TransformerConfig": "config", "preset": "config",
+    **dict.fromkeys(["ScheduleConfig", "euler_step", "fixed_shift_sigmas", "initial_noise", "official_sigmas",
+                     "pack_latents", "unpack_latents"], "schedules"),
+    "QwenTextEncoder": "text_encoder", "load_text_encoder": "text_encoder",
+    "QwenImageTransformer": "transformer", "CheckpointError": "weights",
+    **dict.fromkeys(["QwenImageVAE", "VAEConfig", "load_vae", "save_comfyui_vae", "save_vae"], "vae"),
+    **dict.fromkeys(["LoraError", "apply_loras", "read_lora", "save_lora"], "lora"),
+    "Conditioning": "sampling", "Interrupted": "sampling", "denoise": "sampling",
+    "BlockSwap": "offload", "plan_for_budget": "offload",
+    "Placement": "pipeline", "QwenImage": "pipeline", "load_pipeline": "pipeline",
+}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CheckpointError", "PRESETS", "QwenImageTransformer", "TransformerConfig", "load_transformer", "preset",

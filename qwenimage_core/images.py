@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from PIL import Image
+
+# torch is imported by the two functions that make tensors: the file helpers below (not_regular, write_atomic,
+# ASPECT_PRESETS) are used by `qwenimage --help` and curation's workers, which need no torch.
 
 MULTIPLE = 16  # 8x VAE compression x 2x2 patches
 
@@ -29,6 +31,8 @@ def calculate_dimensions(target_area: float, ratio: float) -> tuple[int, int]:
 
 def to_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
     """RGB PIL image -> [1, 3, height, width] float32 in [-1, 1], resized with Lanczos when the size differs."""
+    import torch
+
     image = image.convert("RGB")
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.LANCZOS)
@@ -38,6 +42,8 @@ def to_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
 
 def mask_to_tensor(mask: Image.Image, width: int, height: int) -> torch.Tensor:
     """Mask image -> [1, 1, height, width] of 0 (keep) and 1 (repaint): resized, then grey, then binarised at 0.5."""
+    import torch
+
     if mask.size != (width, height):
         mask = mask.resize((width, height), resample=Image.LANCZOS)
     m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]

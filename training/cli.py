@@ -40,10 +40,21 @@ def register_cli(sub) -> None:
     from .eval.cli import register_cli as _eval_cli; _eval_cli(sub)  # qwenimage eval SUITE --model ...
 
 
-def main(argv=None) -> int:
-    from ..cli import main as qwenimage_main
+def stops() -> tuple:
+    """What stops a run on purpose (a diverged step): one line and exit code 1, as a full disk."""
+    from .guards import TrainingStopped
 
-    return qwenimage_main(["train", *(argv if argv is not None else sys.argv[1:])])
+    return (TrainingStopped,)
+
+
+def main(argv=None) -> int:
+    """`python -m qwenimage.training.cli CONFIG ...` (as `accelerate launch -m` runs it) = `qwenimage train`: its
+    own parser over the shared helpers a floor down, not the top-level cli.py (which imports this module)."""
+    from ..qwenimage_core.cli_args import Parser, run
+
+    ap = Parser(prog="qwenimage")
+    register_cli(ap.add_subparsers(dest="command", required=True))
+    return run(ap, ["train", *(argv if argv is not None else sys.argv[1:])], stops=stops)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ import re
 import sys
 from dataclasses import dataclass, field
 
+from ..eval.text_metrics import quoted_text
 from ..rewards.vlm_judge import QwenVLChat
+from .curation.rows import read_rows, relative_paths
 
 ANNOTATOR_PROMPT = """# Image Annotator
 You are a professional image annotator. Please complete the following tasks based on the input image.
@@ -90,7 +92,6 @@ _FIELDS = {"caption": "caption", "imagetype": "image_type", "type": "image_type"
            "watermark": "watermark_list", "abnormalelement": "abnormal_element", "abnormal": "abnormal_element",
            "visibletext": "visible_text", "text": "visible_text"}
 _NONE_WORDS = {"", "none", "no", "n/a", "na", "null", "nil", "无", "没有"}
-_QUOTED = re.compile(r'"([^"\n]+)"|“([^”\n]+)”|「([^」\n]+)」|『([^』\n]+)』')
 
 
 def _json_object(answer: str) -> dict:
@@ -114,11 +115,6 @@ def _text_list(value, name: str) -> list[str]:
     if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
         return [str(v).strip() for v in value if str(v).strip().lower() not in _NONE_WORDS]
     raise MalformedAnswer(f"{name}: expected a list of strings, got {json.dumps(value, ensure_ascii=False)[:80]}")
-
-
-def quoted_text(caption: str) -> list[str]:
-    """The quoted spans of a caption ("...", “...”, 「...」): the annotator's rule 2 puts visible text in quotes."""
-    return [next(g for g in m.groups() if g) for m in _QUOTED.finditer(caption or "")]
 
 
 def parse_annotation(answer: str) -> Annotation:
@@ -302,20 +298,6 @@ def _append(path: str, rows: list[dict]) -> None:
             os.fsync(fh.fileno())
 
 
-def relative_paths(row: dict, out_dir: str) -> dict:
-    """The row with its image and references relative to the output folder (the trainer resolves them against
-    it); a path on another drive stays absolute."""
-    def rel(p):
-        try:
-            return os.path.relpath(p, out_dir)
-        except ValueError:
-            return p
-    row = {**row, "image": rel(row["image"])}
-    if row.get("references"):
-        row["references"] = [rel(p) for p in row["references"]]
-    return row
-
-
 def _drop_keys(path: str, keys: set[str]) -> None:
     if not os.path.exists(path):
         return
@@ -329,32 +311,6 @@ def _drop_keys(path: str, keys: set[str]) -> None:
 
 def row_key(row: dict) -> str:
     return str(row.get("key") or row["image"])
-
-
-def read_rows(source: str, out_dir: str) -> tuple[list[dict], list[str]]:
-    """Rows of a JSONL manifest, an image folder or a webdataset tar (read as `qwenimage data curate` reads them),
-    as the trainer's manifest rows with their curation key; a tar's member is extracted under OUT_DIR/images.
-    Rows that cannot be samples come back as "key: why" problems."""
-    from .curation.engine import manifest_row
-    from .curation.sources import read_inputs
-
-    rows, problems = [], []
-    for r in read_inputs([source]):
-        if r.dropped:
-            problems.append(f"{r.key}: {r.dropped}")
-            continue
-        try:
-            row = manifest_row(out_dir, r)
-        except OSError as e:   # a tar member that cannot be extracted
-            problems.append(f"{r.key}: unreadable: {e}")
-            continue
-        row["stats"] = {**(r.meta.get("stats") or {}), **r.stats}   # a curated manifest keeps its statistics
-        if not row["stats"]:
-            del row["stats"]
-        row["image"] = os.path.join(out_dir, row["image"])    # absolute; a writer makes it relative to its output
-        row.pop("key", None)                                    # an annotated row read again: this run's key
-        rows.append({"key": r.key, **row})
-    return rows, problems
 
 
 def annotate_manifest(manifest: str, out: str, annotator, *, batch: int = 4, ratios=None, limit: int = 0,

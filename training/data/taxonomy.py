@@ -178,7 +178,7 @@ class Taxonomy:
 
 def sample_text(caption: str, ann: dict, stats: dict) -> str:
     """The sample's visible text: the annotator's list, else OCR's reading, else the caption's quoted spans."""
-    from .annotate import quoted_text
+    from ..eval.text_metrics import quoted_text
 
     if ann.get("visible_text"):
         return " ".join(ann["visible_text"])
@@ -352,7 +352,7 @@ def balance(manifest: str, out_dir: str, *, top_n: int = 0, rank_by="aesthetic",
     """Categorise, keep the best `top_n` per category (0: all), weight the categories; writes OUT/manifest.jsonl,
     OUT/category_weights.toml, OUT/counts.csv and returns the counts table. drop_abnormal / drop_watermarked
     leave out rows whose annotation says "Abnormal Element: yes" / lists a watermark, before the ranking."""
-    from .annotate import read_rows, relative_paths
+    from .curation.rows import read_rows, relative_paths
 
     tax = Taxonomy.load(taxonomy, min_text_chars)
     out_dir = os.path.abspath(out_dir)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import asdict
@@ -30,7 +29,8 @@ import numpy as np
 from ....qwenimage_core.images import write_atomic
 from .op import GlobalOp, Item, Op, Record, run_op
 from .pipeline import Pipeline
-from .sources import SOURCE_STAGE, TAR_SEP, read_bytes, read_inputs
+from .rows import manifest_row
+from .sources import SOURCE_STAGE, read_bytes, read_inputs
 
 Step = tuple[str, Op]   # (stage name, op)
 
@@ -206,7 +206,7 @@ def curate(inputs, out: str, pipeline: Pipeline, *, workers: int | None = None, 
         from .ray_engine import ray_map
 
         def mapper(steps, tasks):
-            return ray_map(steps, tasks, address=None if ray is True else ray, num_cpus=workers)
+            return ray_map(run_shard, steps, tasks, address=None if ray is True else ray, num_cpus=workers)
     else:
         def mapper(steps, tasks):
             return local_map(steps, tasks, workers)
@@ -299,26 +299,3 @@ def write_outputs(out: str, records: list[Record], totals: dict) -> None:
     write_text(os.path.join(out, "dropped.jsonl"),
                "".join(json.dumps(row, ensure_ascii=False, default=_plain) + "\n" for row in dropped))
     write_text(os.path.join(out, "counts.json"), json.dumps(totals, indent=1, ensure_ascii=False) + "\n")
-
-
-def manifest_row(out: str, r: Record) -> dict:
-    """A kept record as the trainer's manifest row; a tar member is extracted to OUT/images/<tar name>/<member>."""
-    image = r.image
-    if TAR_SEP in image:
-        tar, member = image.split(TAR_SEP, 1)
-        parts = [p for p in member.split("/") if p not in ("", ".", "..")]   # never outside OUT/images
-        rel = os.path.join("images", os.path.splitext(os.path.basename(tar))[0], *parts)
-        path = os.path.join(out, rel)
-        if not os.path.isfile(path):
-            write_atomic(path, read_bytes(image))
-        image = rel
-    meta = dict(r.meta)
-    row = {"image": image, "caption": r.caption or ""}
-    if "references" in meta:
-        row["references"] = meta.pop("references")
-    row["category"] = r.stats.get("category") or meta.pop("category", None) or "default"
-    meta.pop("category", None)
-    weight = meta.pop("weight", 1.0)
-    row["weight"] = weight if isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0 else 1.0
-    earlier = meta.get("stats") if isinstance(meta.get("stats"), dict) else {}  # a curated manifest curated again
-    return {**row, **{k: v for k, v in meta.items() if k not in ("stats",)}, "stats": {**earlier, **r.stats}}

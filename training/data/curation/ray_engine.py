@@ -15,11 +15,12 @@ def _ray():
     return ray
 
 
-def ray_map(steps, tasks, address: str | None = None, num_cpus: int | None = None):
-    """(shard index, records, counts) for each (index, records) task, in the order they finish. Starts a local Ray
-    (num_cpus) when address is None and none is running; joins the cluster at `address` otherwise."""
+def ray_map(run_shard, steps, tasks, address: str | None = None, num_cpus: int | None = None):
+    """(shard index, records, counts) for each (index, records) task, in the order they finish: `run_shard(steps,
+    records)` (the engine's, handed in: the engine imports this module, not the other way) as a Ray task per shard.
+    Starts a local Ray (num_cpus) when address is None and none is running; joins the cluster at `address`
+    otherwise."""
     ray = _ray()
-    from .engine import run_shard
 
     if not tasks:
         return

@@ -10,7 +10,7 @@ import html
 import math
 import os
 
-from ....qwenimage_core.images import thumbnail_uri
+from ....qwenimage_core.images import thumbnail_uri, write_atomic
 from .op import decode
 from .pipeline import Pipeline
 from .sources import read_bytes
@@ -21,8 +21,6 @@ THUMB = 112   # px, as the page's CSS
 
 
 def write_report(out: str, pipeline: Pipeline, records, totals: dict) -> str:
-    from .engine import write_text
-
     parts = [f"<h1>Curation report: {_e(pipeline.name)}</h1>",
              f"<p>{totals['records']} records in, {totals['kept']} kept. Pipeline: {_e(pipeline.source)}</p>",
              "<h2>Funnel</h2>", funnel_table(totals),
@@ -30,7 +28,7 @@ def write_report(out: str, pipeline: Pipeline, records, totals: dict) -> str:
              *histograms(pipeline, records), categorical(records),
              "<h2>Dropped samples</h2>", dropped_samples(records, [st.name for st in pipeline.stages])]
     path = os.path.join(out, "report.html")
-    write_text(path, PAGE.replace("BODY", "\n".join(parts)))
+    write_atomic(path, PAGE.replace("BODY", "\n".join(parts)))
     return path
 
 
