@@ -3,6 +3,7 @@ painted sign), procedurally textured, then seen in perspective, lit unevenly, ca
 into a background image the user gives, or a procedural scene when none is given."""
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections import Counter
@@ -10,10 +11,13 @@ from collections import Counter
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
+from ....qwenimage_core.images import not_regular
 from . import colors, layout
 from .choose import text_and_font
 from .corpus import join
 from .rendered import Rendered
+
+log = logging.getLogger("qwenimage.synthesis")
 
 # medium: (base colour names, ink colour names, caption words EN, ZH)
 MEDIA = {
@@ -25,6 +29,7 @@ MEDIA = {
     "sign": (("blue", "green", "red", "navy", "teal"), ("white", "yellow"), "a sign", "一块标牌"),
 }
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_BACKGROUND_BYTES = 256 << 20
 
 
 def noise(rng: np.random.Generator, size, cells: int) -> np.ndarray:
@@ -69,10 +74,17 @@ def user_background(path: str, size) -> Image.Image:
 
 
 def background_files(folder: str) -> list[str]:
+    """The images under `folder`; a name that is not a regular file under MAX_BACKGROUND_BYTES (a FIFO would block
+    the worker that opens it, a link to /dev/zero never ends) is left out with a warning naming it."""
     out = []
     for root, dirs, names in os.walk(folder):
         dirs.sort()
-        out += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTS)]
+        for path in (os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTS)):
+            why = not_regular(path, MAX_BACKGROUND_BYTES)
+            if why:
+                log.warning("compositional.backgrounds: %s: %s", path, why)
+            else:
+                out.append(path)
     return out
 
 

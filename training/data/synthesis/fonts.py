@@ -14,9 +14,12 @@ from dataclasses import dataclass
 
 from PIL import ImageFont
 
+from ....qwenimage_core.images import not_regular
+
 log = logging.getLogger("qwenimage.synthesis")
 
 FONT_EXTS = (".ttf", ".otf", ".ttc", ".otc")
+MAX_FONT_BYTES = 256 << 20  # the largest CJK collections are ~100 MB
 SYSTEM_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts", "/Library/Fonts",
                "/System/Library/Fonts", "C:/Windows/Fonts")
 # Debian packages that give Chinese coverage, named in errors and the README.
@@ -73,14 +76,30 @@ def _pil_font(path: str, index: int, size: int) -> ImageFont.FreeTypeFont:
 
 
 def font_files(dirs=(), files=()) -> list[str]:
-    """Font files: `files` as given plus every font under `dirs` (the system folders when both are empty), sorted."""
+    """Font files: `files` as given plus every font under `dirs` (the system folders when both are empty), sorted.
+    A folder or file the user named that is not there is a FontError naming it (searching it found nothing, which
+    read as "no font among 0"); a name that is not a regular file under MAX_FONT_BYTES (a FIFO blocks the reader)
+    is left out with a warning."""
+    for d in dirs:
+        if not os.path.isdir(os.path.expanduser(d)):
+            raise FontError(f"fonts.dirs: {d}: no such folder")
+    for f in files:
+        if not os.path.exists(os.path.expanduser(f)):
+            raise FontError(f"fonts.files: {f}: no such file")
     found = [os.path.abspath(os.path.expanduser(f)) for f in files]
     for d in dirs or (() if files else SYSTEM_DIRS):
         d = os.path.expanduser(d)
         for root, subdirs, names in os.walk(d):
             subdirs.sort()
             found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(FONT_EXTS)]
-    return sorted(set(found))
+    usable = []
+    for path in sorted(set(found)):
+        why = not_regular(path, MAX_FONT_BYTES)
+        if why:
+            log.warning("font %s: %s", path, why)
+        else:
+            usable.append(path)
+    return usable
 
 
 def load_fonts(dirs=(), files=(), exclude=()) -> list[Font]:
@@ -180,10 +199,11 @@ def for_language(fonts: list[Font], lang: str) -> list[Font]:
     return [f for f in fit if not (sc and re.search(r"\b(JP|KR|TC|HK)\b", f.family))]
 
 
-def require(fonts: list[Font], lang: str, where: str = "") -> list[Font]:
-    """for_language, or a FontError naming the folders searched and the package to install."""
+def require(fonts: list[Font], lang: str, where: str = "", searched=()) -> list[Font]:
+    """for_language, or a FontError naming the folders and files searched and the package to install."""
     usable = for_language(fonts, lang)
     if not usable:
         hint = f"; install {CJK_PACKAGES} (Debian) or point fonts.dirs at a folder with one" if lang == "zh" else ""
-        raise FontError(f"{where or 'fonts'}: no font among {len(fonts)} found can draw {lang!r} text{hint}")
+        places = f" in {', '.join(map(str, searched))}" if searched else ""
+        raise FontError(f"{where or 'fonts'}: no font among {len(fonts)} found{places} can draw {lang!r} text{hint}")
     return usable
