@@ -30,7 +30,7 @@ ZH_LONG = "开源软件由世界各地的人们共同建设。“每一个伟大
 
 @pytest.fixture(scope="module")
 def faces():
-    found = fontlib.load_fonts()
+    found = fontlib.load_fonts(exclude=gen.FontsConfig().exclude)   # as synthesis does: no Math or Symbol faces
     if not fontlib.for_language(found, "en"):
         pytest.skip("no font with Latin letters on this machine (Debian: fonts-dejavu-core)")
     return found
@@ -156,7 +156,8 @@ def test_shipped_templates_replace_text_and_keep_the_layout(en_font):
     for path in templates.shipped():
         t = templates.load(path)
         base, _ = templates.fill(t, {}, en_font)
-        texts = {s.name: "Spring garden" if s.fill in ("title", "label") else "Fresh bread every day." for s in t.slots}
+        short = {"title": "Spring garden", "label": "Spring garden", "number": "$12.50", "date": "2026-05-01"}
+        texts = {s.name: short.get(s.fill, "Fresh bread every day.") for s in t.slots}   # a price slot is short
         image, blocks = templates.fill(t, texts, en_font)
         assert [b.box for b in blocks] == [s.box for s in t.slots]          # the boxes did not move
         for slot, block in zip(t.slots, blocks):
@@ -326,3 +327,82 @@ def _tiny_te_and_vae(root, vocab_size) -> dict:
     shutil.copytree(TOKENIZER_DIR, root / "te" / "qwen25_tokenizer")
     save_vae(QwenImageVAE(VAEConfig.tiny()), root / "vae")
     return {"text_encoder": str(root / "te" / "te.safetensors"), "vae": str(root / "vae")}
+
+
+# ------------------------------------------------------------------------------------- corpus and inputs
+
+def test_titles_and_labels_are_whole_phrases_never_cut():
+    # Chinese titles were sentences cut mid-word: 设计团, 图书馆工, 下雨的午, 所有访客请在前台登
+    from qwenimage.training.data.synthesis.corpus import builtin_words
+
+    corpus = Corpus.load()
+    zh, en = set(builtin_words("zh")), set(builtin_words("en"))
+    titles = [corpus.phrase(random.Random(k), "zh", (2, 6)) for k in range(300)]
+    labels = [corpus.phrase(random.Random(k), "zh", (1, 3)) for k in range(300)]
+    assert set(titles) <= zh and set(labels) <= zh and not {"设计团", "图书馆工", "下雨的午"} & set(titles + labels)
+    assert all(4 <= len(t) <= 12 for t in titles) and all(2 <= len(t) <= 6 for t in labels)
+    assert all(2 <= len(t.split()) <= 6 for t in (corpus.phrase(random.Random(k), "en", (2, 6)) for k in range(300)))
+    assert {corpus.phrase(random.Random(k), "en", (1, 3)) for k in range(300)} <= en
+
+
+def test_the_built_in_corpus_is_large_and_users_add_theirs(tmp_path):
+    # 41 English and 42 Chinese sentences were far too few; a user's word lists were not taken
+    corpus = Corpus.load()
+    for lang in ("en", "zh"):
+        assert len(corpus.sentences[lang]) >= 200 and len(set(corpus.sentences[lang])) == len(corpus.sentences[lang])
+    (tmp_path / "titles.txt").write_text("# mine\n春季新品\n夏日特饮\n春季新品\n", encoding="utf-8")
+    (tmp_path / "lines.txt").write_text("The ship sails at dawn.\n", encoding="utf-8")
+    cfg = gen.add_text_files(_config(tmp_path), ["en=" + str(tmp_path / "lines.txt")],
+                             ["zh=" + str(tmp_path / "titles.txt")])
+    mine = Corpus.load({"en": cfg.corpus.en, "zh": cfg.corpus.zh}, {"en": cfg.corpus.en_words,
+                                                                   "zh": cfg.corpus.zh_words})
+    assert mine.sentences["en"] == ["The ship sails at dawn."] and mine.words["zh"] == ("春季新品", "夏日特饮")
+    assert {mine.phrase(random.Random(k), "zh", (1, 3)) for k in range(50)} == {"春季新品", "夏日特饮"}
+    with pytest.raises(ValueError, match=r"--words 'fr=x.txt': give LANG=FILE"):
+        gen.add_text_files(_config(tmp_path), (), ["fr=x.txt"])
+
+
+def test_a_slide_never_repeats_a_bullet(en_font):
+    # with a small corpus one slide showed the same bullet twice
+    t = templates.load(os.path.join(templates.HERE, "slide_bullets.json"))
+    corpus = Corpus({"en": ["Fresh bread daily.", "Hot coffee here.", "Open until nine.", "Free wifi."], "zh": ["x"]},
+                    common_hanzi())
+    for k in range(30):
+        r = templates.render(random.Random(k), corpus, [en_font], "en", [t], Counter())
+        bullets = [s["text"] for s in r.facts["slots"] if s["name"].startswith("point")]
+        assert len(set(bullets)) == 3, (k, bullets)
+
+
+def test_missing_font_folders_are_named(tmp_path, capsys):
+    # fonts.dirs = ["/nonexistent"] said "no font among 0 found" without naming the folder
+    with pytest.raises(fontlib.FontError, match=r"fonts.dirs: /nonexistent: no such folder"):
+        fontlib.load_fonts(["/nonexistent"])
+    with pytest.raises(fontlib.FontError, match=r"fonts.files: .*gone.ttf: no such file"):
+        fontlib.load_fonts(files=[str(tmp_path / "gone.ttf")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(fontlib.FontError, match=r"no font among 0 found in .*empty can draw 'en'"):
+        gen.Synthesizer(_config(tmp_path, fonts={"dirs": [str(tmp_path / "empty")]}, languages={"en": 1.0}))
+    toml = tmp_path / "synth.toml"
+    toml.write_text(f'output = "{tmp_path / "data"}"\n[count]\npure = 1\n[fonts]\ndirs = ["/nonexistent"]\n')
+    assert main(["data", "synth", str(toml), "--no-progress"]) == 2
+    assert "fonts.dirs: /nonexistent: no such folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX thing")
+def test_only_regular_files_are_read(tmp_path, faces):
+    # a FIFO named .png among the backgrounds (or .ttf among the fonts, or a corpus file) blocked the reader
+    (tmp_path / "bg").mkdir()
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "bg" / "a.png")
+    os.mkfifo(tmp_path / "bg" / "b.png")
+    os.symlink("/dev/zero", tmp_path / "bg" / "c.jpg")
+    assert compositional.background_files(str(tmp_path / "bg")) == [str(tmp_path / "bg" / "a.png")]
+    (tmp_path / "fonts").mkdir()
+    real = next(f.path for f in fontlib.for_language(faces, "en"))
+    os.symlink(real, tmp_path / "fonts" / "real.ttf")
+    os.mkfifo(tmp_path / "fonts" / "pipe.ttf")
+    assert fontlib.font_files([str(tmp_path / "fonts")]) == [str(tmp_path / "fonts" / "real.ttf")]
+    os.mkfifo(tmp_path / "corpus.txt")
+    from qwenimage.training.data.synthesis.corpus import CorpusError
+
+    with pytest.raises(CorpusError, match=r"corpus.txt: a FIFO, not a regular file"):
+        Corpus.load({"en": [str(tmp_path / "corpus.txt")]})

@@ -12,7 +12,7 @@ def cmd_synth(a) -> int:
     from .synthesis import generate as gen
     from .synthesis import review
 
-    cfg = gen.load_config(a.config, a.set or ())
+    cfg = gen.add_text_files(gen.load_config(a.config, a.set or ()), a.corpus or (), a.words or ())
     try:
         synth = gen.Synthesizer(cfg)
     except ImportError as e:  # the data extra not installed: one line naming it
@@ -39,6 +39,10 @@ def register_cli(sub) -> None:
     s = data.add_parser("synth", help="render synthetic text images (pure, compositional, template) from a TOML config")
     s.add_argument("config", help="the TOML config (see training/examples/synth.toml)")
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override fields, e.g. count.pure=10 seed=3")
+    s.add_argument("--corpus", action="append", metavar="LANG=FILE",
+                   help="sentences to render (one a line), added to corpus.LANG; repeat")
+    s.add_argument("--words", action="append", metavar="LANG=FILE",
+                   help="titles and labels (one a line), added to corpus.LANG_words; repeat")
     s.add_argument("--preview", nargs="?", type=int, const=4, metavar="N",
                    help="write <output>/preview.png, N examples of each kind (default 4), instead of the dataset")
     s.add_argument("--ocr", type=int, default=0, metavar="N",

@@ -40,6 +40,8 @@ class CountConfig:
 class CorpusConfig:
     en: list = field(default_factory=list)         # text files, one sentence per line; [] = built-in
     zh: list = field(default_factory=list)
+    en_words: list = field(default_factory=list)   # word lists, one title or label per line; [] = built-in
+    zh_words: list = field(default_factory=list)
 
 
 @dataclass
@@ -117,6 +119,17 @@ def validate(cfg: SynthConfig) -> SynthConfig:
     return cfg
 
 
+def add_text_files(cfg: SynthConfig, corpus=(), words=()) -> SynthConfig:
+    """The command line's --corpus LANG=FILE and --words LANG=FILE, added to the config's lists."""
+    for flag, specs, suffix in (("--corpus", corpus, ""), ("--words", words, "_words")):
+        for spec in specs:
+            lang, eq, path = spec.partition("=")
+            if not eq or lang not in LANGS or not path:
+                raise ConfigError(f"{flag} {spec!r}: give LANG=FILE with LANG one of {', '.join(LANGS)}")
+            getattr(cfg.corpus, lang + suffix).append(path)
+    return cfg
+
+
 def total(cfg: SynthConfig) -> int:
     return sum(getattr(cfg.count, k) for k in KINDS)
 
@@ -133,10 +146,12 @@ class Synthesizer:
 
     def __init__(self, cfg: SynthConfig):
         self.cfg = cfg
-        self.corpus = Corpus.load({"en": cfg.corpus.en, "zh": cfg.corpus.zh})
+        c = cfg.corpus
+        self.corpus = Corpus.load({"en": c.en, "zh": c.zh}, {"en": c.en_words, "zh": c.zh_words})
         faces = fontlib.load_fonts(cfg.fonts.dirs, cfg.fonts.files, cfg.fonts.exclude)
         langs = [lang for lang, w in cfg.languages.items() if w > 0]
-        self.fonts = {lang: fontlib.require(faces, lang, "fonts") for lang in langs}
+        searched = [*cfg.fonts.dirs, *cfg.fonts.files] or fontlib.SYSTEM_DIRS
+        self.fonts = {lang: fontlib.require(faces, lang, "fonts", searched) for lang in langs}
         self.templates = []
         if cfg.count.template:
             paths = list(cfg.template.files) + [p for d in cfg.template.dirs for p in _json_files(d)]

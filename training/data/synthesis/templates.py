@@ -206,13 +206,27 @@ def replacement(rng: random.Random, slot: Slot, corpus, lang: str) -> list[str]:
     return corpus.paragraph(rng, lang, (1, 1) if slot.fill == "sentence" else (2, 3))
 
 
+def distinct_replacements(rng: random.Random, t: Template, corpus, lang: str, tries: int = 10) -> dict:
+    """Replacement text for every slot, each slot's text unlike the others' (a slide repeated a bullet): a repeat
+    is drawn again, up to `tries` times (a tiny corpus may leave one, which render refuses)."""
+    parts, seen = {}, set()
+    for slot in t.slots:
+        for _ in range(tries):
+            p = replacement(rng, slot, corpus, lang)
+            if join(p, lang) not in seen:
+                break
+        parts[slot.name] = p
+        seen.add(join(p, lang))
+    return parts
+
+
 def render(rng: random.Random, corpus, fonts: list, lang: str, templates: list[Template], stats: Counter,
            attempts: int = 20) -> Rendered:
     """A template with its placeholders replaced by corpus text in `lang`, one font family for all slots (the
     bold slots in its bold face when it has one)."""
     for _ in range(attempts):
         t = rng.choice(templates)
-        parts = {s.name: replacement(rng, s, corpus, lang) for s in t.slots}
+        parts = distinct_replacements(rng, t, corpus, lang)
         font = rng.choice(fonts)
         if font.missing("".join(join(p, lang) for p in parts.values())):
             stats["dropped: glyph missing"] += 1
@@ -231,6 +245,9 @@ def render(rng: random.Random, corpus, fonts: list, lang: str, templates: list[T
                             raise
                         p = p[:-1]
                 texts[slot.name] = join(p, lang)
+            if len(set(texts.values())) < len(texts):  # a paragraph cut to fit can equal another slot's text
+                stats["refused: a text repeats"] += 1
+                continue
             image, blocks = fill(t, texts, font, bold)
         except TemplateRefused:
             stats["refused: text does not fit a slot"] += 1
