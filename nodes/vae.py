@@ -6,6 +6,7 @@ import contextlib
 import torch
 
 from ..qwenimage_core.images import check_size
+from ..qwenimage_core.vae import VAEConfig, denormalize_latents, normalize_latents
 from . import host
 from .sockets import VAE, image_to_pixels, latent_samples, pixels_to_image
 
@@ -39,6 +40,24 @@ def _tiling(vae, tiled: bool, tile_size: int, overlap: int):
         vae.tiling = before
 
 
+def _own_stats(vae) -> bool:
+    official = VAEConfig()
+    return (tuple(vae.config.latents_mean), tuple(vae.config.latents_std)) != (official.latents_mean,
+                                                                                official.latents_std)
+
+
+def from_graph(z: torch.Tensor, vae) -> torch.Tensor:
+    """Graph latents -> this VAE's own. A LATENT in the graph holds latents un-normalised with the official
+    statistics (as ComfyUI stores them, and as the sampler reads and writes them); a VAE that ships its own
+    statistics (the demo's) maps them through the transformer's normalised space onto its own."""
+    return denormalize_latents(normalize_latents(z.float()), vae.config) if _own_stats(vae) else z
+
+
+def to_graph(z: torch.Tensor, vae) -> torch.Tensor:
+    """This VAE's own latents -> graph latents (the inverse of from_graph)."""
+    return denormalize_latents(normalize_latents(z.float(), vae.config)) if _own_stats(vae) else z
+
+
 class QwenImageVAEDecode:
     DESCRIPTION = "Decode Qwen-Image latents to images."
 
@@ -61,7 +80,7 @@ class QwenImageVAEDecode:
         vae = host.on_device(vae)
         z = latent_samples(samples, "samples")
         with _tiling(vae, tiled, tile_size, overlap):
-            pixels = vae.decode(z.to(vae.device, vae.dtype))
+            pixels = vae.decode(from_graph(z, vae).to(vae.device, vae.dtype))
         return (pixels_to_image(pixels),)
 
 
@@ -91,7 +110,7 @@ class QwenImageVAEEncode:
         check_size(int(pixels.shape[2]), int(pixels.shape[1]), "image")
         with _tiling(vae, tiled, tile_size, overlap):
             z = vae.encode(image_to_pixels(pixels).to(vae.device, vae.dtype)).mode()
-        return ({"samples": z.float().cpu()},)
+        return ({"samples": to_graph(z.float().cpu(), vae)},)
 
 
 NODES = {c.__name__: c for c in (QwenImageVAEDecode, QwenImageVAEEncode)}

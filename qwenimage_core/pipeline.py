@@ -144,8 +144,8 @@ class QwenImage:
     def decode(self, latents: torch.Tensor, width: int, height: int) -> list[Image.Image]:
         """Packed latents -> PIL images."""
         with self.placement.use(self.vae) as vae:
-            z = unpack_latents(latents, height // 8, width // 8).to(self.device, vae.dtype)
-            pixels = vae.decode(vae.denormalize_latents(z))
+            z = unpack_latents(latents, height // 8, width // 8).to(self.device, torch.float32)
+            pixels = vae.decode(vae.denormalize_latents(z).to(vae.dtype))  # one rounding, as the graph's decode
         return to_pil(pixels[:, :, 0])
 
     # --------------------------------------------------------------------------------------------- helpers

@@ -107,6 +107,16 @@ def test_demo_workflow_runs_through_the_node_pack(tmp_path):
     assert im.size == (SIZE, SIZE)
     text = prompt[next(k for k, v in prompt.items() if v["class_type"] == "QwenImageTextEncode")]["inputs"]["text"]
     assert classify(im)[2] == text.split()[-2], (text, classify(im))  # "... on a blue background"
+    # the very image `qwenimage generate` makes (the demo VAE's own latent statistics on both paths)
+    from qwenimage.cli import main
+
+    s = prompt[next(k for k, v in prompt.items() if v["class_type"] == "QwenImageSampler")]["inputs"]
+    assert main(["generate", PATHS["diffusion_models"], PATHS["text_encoders"], PATHS["vae"], "-p", text,
+                 "-W", str(SIZE), "-H", str(SIZE), "--steps", str(s["steps"]), "--cfg", str(s["cfg"]),
+                 "--seed", str(s["seed"]), "-o", str(tmp_path / "cli.png")]) in (0, None)
+    got = np.asarray(im.convert("RGB"), dtype=int)
+    want = np.asarray(Image.open(tmp_path / "cli.png").convert("RGB"), dtype=int)
+    assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
 
 
 def test_qwenimage_generate_loads_the_shipped_files(tmp_path):
