@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import sys
 import time
@@ -46,6 +47,8 @@ try:  # the core's Interrupted is the base of host.Interrupted; ComfyUI's own, w
     from ..qwenimage_core.sampling import Interrupted as _CoreInterrupted
 except ImportError:  # pragma: no cover
     _CoreInterrupted = host.Interrupted
+
+log = logging.getLogger("qwenimage.server")  # the server's log (`qwenimage serve` prints INFO on stderr)
 
 HIDDEN_EXTRA_KEYS = {"AUTH_TOKEN_COMFY_ORG": "auth_token_comfy_org", "API_KEY_COMFY_ORG": "api_key_comfy_org"}
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
@@ -393,6 +396,48 @@ def _changed_key(v):
     return _freeze(v)
 
 
+class _JobLog:
+    """What the server prints for a job, as ComfyUI does ("got prompt", "Prompt executed in N seconds"): its
+    start, its end with the time or the reason it failed, and a text progress bar for each node that reports
+    steps (the sampler). Quiet unless the server's log shows INFO."""
+
+    def __init__(self, prompt_id: str):
+        self.prompt_id, self.t0, self.bar = prompt_id, time.perf_counter(), None
+        self.on = log.isEnabledFor(logging.INFO)
+        if self.on:
+            log.info("Prompt %s started", prompt_id)
+
+    def progress(self, node, value: int, total: int) -> None:
+        if not self.on:
+            return
+        if self.bar is None or self.bar.total != total or value < self.bar.n:
+            self.close_bar()
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"node {node}", unit="step", leave=True)
+        self.bar.update(value - self.bar.n)
+        if value >= total:
+            self.close_bar()
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def end(self, result: "RunResult") -> None:
+        self.close_bar()
+        secs = time.perf_counter() - self.t0
+        if result.status == "success":
+            log.info("Prompt executed in %.2f seconds", secs)
+        elif result.status == "interrupted":
+            log.info("Prompt %s interrupted after %.2f seconds", self.prompt_id, secs)
+        else:
+            e = result.error or {}
+            where = f" in node {e['node_id']} ({e.get('node_type')})" if e.get("node_id") else ""
+            log.error("Prompt %s failed after %.2f seconds%s: %s", self.prompt_id, secs, where,
+                      e.get("exception_message") or e.get("message") or e.get("type") or "error")
+
+
 class Executor:
     """Runs prompts one at a time and keeps node outputs between runs (ComfyUI's classic cache: entries for the
     nodes of the latest prompt survive until a later prompt no longer uses them)."""
@@ -590,10 +635,12 @@ class Executor:
             outputs = [nid for nid, n in prompt.items()
                        if getattr(self.mappings.get(n.get("class_type")), "OUTPUT_NODE", False) is True]
         host.clear_interrupt()
+        job = _JobLog(prompt_id)
         emit("execution_start", {"prompt_id": prompt_id, "timestamp": _now_ms()})
         current = {"node": None}
 
         def hook(value, total, preview=None):
+            job.progress(current["node"], int(value), int(total))
             emit("progress", {"value": int(value), "max": int(total), "prompt_id": prompt_id,
                               "node": current["node"]})
             if preview is not None:
@@ -679,6 +726,7 @@ class Executor:
             emit("execution_success", {"prompt_id": prompt_id, "timestamp": _now_ms()})
             return result
         finally:
+            job.end(result)
             self.current_node = None
             host.set_progress_hook(prev_hook, prev_previews)
             self.trim_cache(limits.LIMITS.max_cache_mb * 2 ** 20)

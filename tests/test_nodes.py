@@ -5,6 +5,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -511,3 +512,39 @@ def test_models_overview_says_what_goes_where(env, tmp_path):
         assert (tmp_path / "fresh" / "text_encoders").is_dir()  # made, so a new user sees where files go
     finally:
         host.set_models_dir(old)
+
+
+def test_the_server_logs_each_job_with_its_time_and_a_progress_bar(caplog, capsys):
+    """As ComfyUI prints "got prompt" and "Prompt executed in N seconds": queued, started, done with the time,
+    failed with the node and the reason; nodes that report steps get a text progress bar."""
+    import logging
+
+    from qwenimage.nodes.execution import Executor
+    from qwenimage.nodes.server.queue import PromptQueue
+
+    class Steps:
+        OUTPUT_NODE, RETURN_TYPES, FUNCTION = True, (), "run"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"fail": ("BOOLEAN", {"default": False})}}
+
+        def run(self, fail):
+            bar = host.progress(3)
+            for i in range(3):
+                bar.update(i + 1)
+            if fail:
+                raise ValueError("the file x.safetensors is not a model")
+            return ()
+
+    caplog.set_level(logging.INFO, logger="qwenimage.server")
+    PromptQueue(lambda: None).put((0, "p1", {}, {}, [], {}))
+    ex = Executor({"Steps": Steps})
+    assert ex.execute({"1": {"class_type": "Steps", "inputs": {"fail": False}}}, "p1").status == "success"
+    assert ex.execute({"1": {"class_type": "Steps", "inputs": {"fail": True}}}, "p2").status == "error"
+    text = caplog.text
+    assert "got prompt p1" in text and "Prompt p1 started" in text
+    assert re.search(r"Prompt executed in \d+\.\d\d seconds", text), text
+    assert re.search(r"Prompt p2 failed after \d+\.\d\d seconds in node 1 \(Steps\): the file x.safetensors is "
+                     r"not a model", text), text
+    assert "3/3" in capsys.readouterr().err  # the progress bar

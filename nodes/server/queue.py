@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 
 MAX_HISTORY = 10000
+log = logging.getLogger("qwenimage.server")
 
 
 class PromptQueue:
@@ -25,7 +27,9 @@ class PromptQueue:
     def put(self, item):
         with self._cond:
             heapq.heappush(self._heap, (item[0], next(self._counter), item))
+            waiting = len(self._heap) + len(self.running)
             self._cond.notify_all()
+        log.info("got prompt %s (%d in the queue)", item[1], waiting)
         self._on_change()
 
     def get(self, timeout=None):
