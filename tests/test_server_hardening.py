@@ -572,6 +572,11 @@ def test_odd_upload_names_and_paths_are_4xx(srv):
     for name in names:
         status, body, _ = upload(srv, name, png_bytes())
         assert status == 400 or (status == 200 and "\x7f" not in body["name"]), (name[:12], status, body)
+    # what a header may carry is stored without controls, separators or a right-to-left override ('xexe.png')
+    status, body, _ = upload(srv, "x\u202egnp.exe\u2028\x85.png", png_bytes((3, 1, 4, 255)))
+    assert status == 200 and body["name"] == "x_gnp.exe__.png", body
+    assert S.sanitize_filename("\udcff\x7f.png") == "__.png"  # a name that was not UTF-8
+    assert S.sanitize_filename("\U0001F468\u200d\U0001F469.png") == "\U0001F468\u200d\U0001F469.png"
     deep = "/".join(["b" * 150] * 40)
     status, body, _ = upload(srv, "x.png", png_bytes(), subfolder=deep)
     assert status == 400 and b"longer than" in body, (status, body)

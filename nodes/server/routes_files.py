@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from io import BytesIO
 from pathlib import Path
 from typing import Optional
@@ -31,10 +32,17 @@ def sanitize_filename(name: str) -> str:
     """A bare file name: no folders, no control or reserved characters, not hidden, not '.'/'..', at most
     MAX_NAME_BYTES in UTF-8 with its extension kept."""
     name = os.path.basename(str(name).replace("\\", "/")).strip()
-    name = _BAD_CHARS.sub("_", name).lstrip(".").strip()
+    name = "".join("_" if _unprintable(c) else c for c in _BAD_CHARS.sub("_", name)).lstrip(".").strip()
     if not name or name in (".", ".."):
         raise ValueError("invalid file name")
     return shorten_name(name)
+
+
+def _unprintable(c: str) -> bool:
+    """Controls (\x85), lone surrogates (a name that was not UTF-8), line separators and format characters
+    such as the right-to-left override that shows 'x\u202egnp.exe' as 'xexe.png' (joiners kept, for emoji)."""
+    cat = unicodedata.category(c)
+    return cat in ("Cc", "Cs", "Co", "Zl", "Zp") or (cat == "Cf" and c not in "\u200c\u200d")
 
 
 def shorten_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
