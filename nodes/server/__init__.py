@@ -9,13 +9,14 @@ Every route is served both at `/route` and at `/api/route`, as ComfyUI does. Pro
 so the event loop stays responsive: interrupts, queue views and websocket progress work during a run.
 
 Where things are:
-  app.py            PromptServer: state, websocket messages, the worker thread, the app from the route modules
+  app.py            PromptServer: state, websocket messages, the worker thread, the app from the route modules,
+                    the start-up sweep of temporaries an interrupted save left
   routes_prompt.py  /ws, /prompt, /queue, /interrupt, /free, /history, /jobs
   routes_files.py   /upload/image, /upload/mask, /view, /internal/files (names sanitised, paths confined)
   routes_user.py    /users, /settings, /userdata (the user folder, `--user-dir`, files under default/)
   routes_system.py  the page, /extensions, templates, /object_info, models, /features, /system_stats, /internal
   guards.py         middlewares: cache headers, refusal of cross-site and DNS-rebinding requests
-  replies.py        strict JSON bodies (BadRequest -> 400 with its reason), JSON replies, atomic writes
+  replies.py        strict JSON bodies (BadRequest -> its 4xx/507 and reason), JSON replies, atomic writes
   queue.py          the prompt queue and the API views of its items (queue, history, jobs)
   previews.py       live previews as binary websocket frames, only when --preview-method or the prompt asks
   run.py            configure(), ServerThread (tests, notebooks), serve() and the `serve` command line
