@@ -273,6 +273,13 @@ def test_only_regular_files_are_read(tmp_path):
     from qwenimage.training.eval.suites import base
 
     big = jsonl(tmp_path / "big.jsonl", [{"prompt": "a"}])
+    # an edit's input image that is a link to /dev/zero (PIL would read it to the end): a named row error
+    png(tmp_path / "views" / "a.png")
+    os.symlink("/dev/zero", tmp_path / "views" / "b.png")
+    f = jsonl(tmp_path / "nvs.jsonl", [{"id": "x", "source": "views/b.png", "target": "views/a.png",
+                                        "instruction": "turn"}])
+    with pytest.raises(SuiteFileError, match=r"nvs\.jsonl:1: field 'source': image .*b\.png: a device, not a regular"):
+        get_suite("novel_view").load(f)
     base.MAX_FILE_BYTES, before = 4, base.MAX_FILE_BYTES
     try:
         with pytest.raises(SuiteFileError, match=r"big\.jsonl: 16 bytes, over the 4-byte limit"):

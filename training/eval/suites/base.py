@@ -200,16 +200,15 @@ def text_field(row, key: str, required: bool = True) -> str:
 
 
 def existing_file(base_dir: str, rel: str, what: str, candidates: Iterable[str] = ("",)) -> str:
-    """rel resolved against base_dir (and sub-folders `candidates`), or a RowError naming what is missing."""
-    if os.path.isabs(rel):
-        if os.path.isfile(rel):
-            return rel
-        tried = [rel]
-    else:
-        tried = [os.path.normpath(os.path.join(base_dir, c, rel)) for c in candidates]
-        for p in tried:
-            if os.path.isfile(p):
-                return p
+    """rel resolved against base_dir (and sub-folders `candidates`), or a RowError naming what is missing (or
+    what is there but is not a regular file under MAX_FILE_BYTES: a FIFO, a link to a device)."""
+    tried = [rel] if os.path.isabs(rel) else [os.path.normpath(os.path.join(base_dir, c, rel)) for c in candidates]
+    for p in tried:
+        if os.path.exists(p) and not os.path.isdir(p):
+            why = not_regular(p, MAX_FILE_BYTES)
+            if why:
+                raise RowError(f"{what} {p}: {why}")
+            return p
     raise RowError(f"{what} not found: {' or '.join(tried)}")
 
 
