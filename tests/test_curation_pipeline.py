@@ -147,6 +147,78 @@ def test_sources_read_every_kind_and_name_bad_rows(data):
     assert [r.key for r in read_inputs(data)] == sorted(r.key for r in read_inputs(data))
 
 
+def _finishes(fn, *args):
+    """fn(*args) in a thread: a FIFO that is opened blocks forever, so a regression hangs there, not the suite."""
+    import threading
+
+    box = {}
+
+    def call():
+        try:
+            box["value"] = fn(*args)
+        except Exception as e:
+            box["error"] = e
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(120)
+    assert box, f"{fn.__name__} did not return: it opened a FIFO or read a device"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_fifos_devices_and_oversized_files_are_never_read(tmp_path, monkeypatch):
+    from qwenimage.training.data.curation import sources
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    (root / "good.png").write_bytes(_png((40, 90, 200)))
+    os.mkfifo(root / "fifo.png")
+    os.symlink("/dev/zero", root / "zero.jpg")
+    (root / "capfifo.png").write_bytes(_png((40, 90, 20)))
+    os.mkfifo(root / "capfifo.txt")                       # the caption beside a good image is a FIFO
+    (root / "big.png").write_bytes(_png((9, 9, 9)) + bytes(5000))
+    monkeypatch.setattr(sources, "MAX_IMAGE_BYTES", 4000)   # stands for a file over the 1 GiB cap
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "raw/zero.jpg", "caption": "c"}) + "\n")
+
+    recs = {os.path.basename(r.key): r for r in _finishes(read_inputs, [root])}
+    assert recs["good.png"].dropped is None
+    assert recs["fifo.png"].dropped == "source: image: a FIFO, not a regular file; not opened"
+    assert recs["zero.jpg"].dropped == "source: image: a device, not a regular file; not opened"
+    assert "capfifo.txt: a FIFO, not a regular file" in recs["capfifo.png"].dropped
+    assert "over the" in recs["big.png"].dropped
+    # a manifest's row naming a device reaches the decoder as a read error: dropped "broken", not read
+    out = tmp_path / "out"
+    _finishes(_run, [tmp_path / "m.jsonl"], out)
+    reason = json.loads((out / "dropped.jsonl").read_text())["reason"]
+    assert reason.startswith("broken: cannot read") and "a device, not a regular file" in reason
+    # the same as INPUTs: an error naming them, before anything runs
+    for bad, why in ((root / "fifo.png", "a FIFO"), (root / "zero.jpg", "a device"), (tmp_path / "no.png", "not found")):
+        with pytest.raises(sources.SourceError, match=why):
+            _finishes(read_inputs, [bad])
+
+
+def test_a_single_image_file_is_one_sample_not_a_manifest(data, tmp_path):
+    image = data[0] / "cats" / "cat.png"
+    [rec] = read_inputs([image])
+    assert (rec.key, rec.caption, rec.dropped) == (str(image), "a grey cat", None)
+    assert rec.meta == {"source_url": "x"}
+    totals = _run([image], tmp_path / "out", workers=1)
+    assert totals["records"] == 1 and totals["source"]["dropped"] == 0
+
+
+def test_small_sets_are_cut_so_every_worker_has_shards(data, tmp_path):
+    raw = _raw()
+    del raw["shard_size"]                                   # the default, 256, would be one shard for 20 records
+    n = _run(data, tmp_path / "out", workers=2, raw=raw)["records"]
+    size = -(-n // (2 * engine.SHARDS_PER_WORKER))
+    assert len(os.listdir(tmp_path / "out" / "shards" / "p0")) == -(-n // size) >= 2 * engine.SHARDS_PER_WORKER - 1
+    _run(data, tmp_path / "out", workers=1, raw=raw)        # a rerun on another worker count resumes those shards
+    assert json.load(open(tmp_path / "out" / "shards" / "plan.json"))["shard_size"] == size
+
+
 def test_bad_files_are_dropped_listed_and_counted(data, tmp_path):
     out = tmp_path / "out"
     totals = _run(data, out, workers=1)
@@ -397,6 +469,15 @@ def test_cli_prints_the_funnel_and_names_errors(data, tmp_path, capsys, monkeypa
     assert main(["data", "curate", str(tmp_path / "empty"), "--out", str(tmp_path / "o4"),
                  "--pipeline", str(toml)]) == 2
     assert "no images found in" in capsys.readouterr().err
+    for bad, why in ((["--shard-size", "-1"], "--shard-size: -1 is not positive"),
+                     (["--workers", "0"], "--workers: 0 is not positive")):
+        with pytest.raises(SystemExit) as e:
+            main(["data", "curate", str(data[0]), "--out", str(tmp_path / "o5"), "--pipeline", str(toml), *bad])
+        assert e.value.code == 2 and why in capsys.readouterr().err
+    (tmp_path / "afile").write_text("mine")
+    assert main(["data", "curate", str(data[0]), "--out", str(tmp_path / "afile"), "--pipeline", str(toml)]) == 2
+    assert "afile: exists and is not a folder" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "mine"
     monkeypatch.setitem(sys.modules, "ray", None)   # ray not installed: one line naming the extra
     assert main(["data", "curate", str(data[0]), "--out", str(tmp_path / "o3"), "--pipeline", str(toml),
                  "--ray", "--no-progress"]) == 2

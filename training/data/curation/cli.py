@@ -9,12 +9,13 @@ import sys
 def cmd_curate(a) -> int:
     from .engine import CurationError, curate
     from .pipeline import PipelineError, load_pipeline
+    from .sources import SourceError
 
     try:
         pipeline = load_pipeline(a.pipeline, a.set or (), a.skip or ())
         totals = curate(a.inputs, a.out, pipeline, workers=a.workers, ray=a.ray, shard_size=a.shard_size,
                         progress=not a.no_progress)
-    except (PipelineError, CurationError, FileNotFoundError) as e:
+    except (PipelineError, CurationError, SourceError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ImportError as e:   # ray (or a model op's library) not installed: one line naming it
@@ -43,16 +44,20 @@ def format_funnel(totals: dict) -> str:
 
 def register(data) -> None:
     """Add `curate` to the `qwenimage data` subcommands."""
+    from ....qwenimage_core.cli_args import positive_int
+
     c = data.add_parser("curate", help="filter images through a curation pipeline (the report's 7 stages by default)")
-    c.add_argument("inputs", nargs="+", metavar="INPUT", help="image folders, JSONL manifests, webdataset .tar files")
+    c.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image folders, JSONL manifests, webdataset .tar files, single image files")
     c.add_argument("--out", required=True, help="output folder: manifest.jsonl, dropped.jsonl, counts.json, "
                                                "report.html, shards/ (a rerun resumes)")
     c.add_argument("--pipeline", default="report", help="a preset name (report) or a pipeline TOML (default report)")
-    c.add_argument("--workers", type=int, default=None, metavar="N", help="processes (default: every core)")
+    c.add_argument("--workers", type=positive_int, default=None, metavar="N", help="processes (default: every core)")
     c.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
                    help="run the shards on Ray: a local one, or the cluster at ADDRESS")
-    c.add_argument("--shard-size", type=int, default=None, metavar="N", help="records per shard (default: the "
-                                                                             "pipeline's, 256)")
+    c.add_argument("--shard-size", type=positive_int, default=None, metavar="N",
+                   help="records per shard (default: the pipeline's shard_size, 256, or less so that every worker "
+                        "gets several shards)")
     c.add_argument("--set", nargs="*", metavar="OP.KEY=VALUE",
                    help="override op options, e.g. luma.keep.luma=[0.1,0.9] s5.clarity.keep.clarity=[4,inf] "
                         "nsfw.model=/path")

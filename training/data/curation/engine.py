@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import asdict
@@ -195,11 +196,16 @@ def curate(inputs, out: str, pipeline: Pipeline, *, workers: int | None = None, 
     from tqdm.auto import tqdm
 
     out = os.path.abspath(out)
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise CurationError(f"--out {out}: exists and is not a folder; give a folder (made if missing)")
+    for name, v in (("workers", workers), ("shard_size", shard_size)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise CurationError(f"{name} must be a positive whole number, got {v!r}")
     workers = workers or os.cpu_count() or 1
-    shard_size = shard_size or pipeline.shard_size
     records = read_inputs(inputs)
     if not records:
         raise CurationError(f"no images found in {', '.join(map(str, inputs))}")
+    shard_size = _shard_size(out, pipeline, shard_size, len(records), workers)
     _check_plan(out, pipeline, shard_size, records)
     shards = [records[i:i + shard_size] for i in range(0, len(records), shard_size)]
     if ray:
@@ -244,6 +250,23 @@ def curate(inputs, out: str, pipeline: Pipeline, *, workers: int | None = None, 
 
         write_report(out, pipeline, records, totals)
     return totals
+
+
+SHARDS_PER_WORKER = 4   # a small set still gives every worker work, and one slow shard does not idle the rest
+
+
+def _shard_size(out: str, pipeline: Pipeline, given: int | None, records: int, workers: int) -> int:
+    """Records per shard: as given (--shard-size), else the pipeline's shard_size or less, so that each worker
+    gets SHARDS_PER_WORKER shards (145 images on 2 workers were one shard of 256: one busy core). A rerun without
+    --shard-size keeps the size its shards were cut with (plan.json), whatever its worker count."""
+    if given:
+        return given
+    try:
+        with open(os.path.join(out, "shards", "plan.json"), encoding="utf-8") as fh:
+            return int(json.load(fh)["shard_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return max(1, min(pipeline.shard_size, math.ceil(records / (workers * SHARDS_PER_WORKER))))
 
 
 def _sum_counts(per_shard: list[list[dict]], n: int) -> list[dict]:

@@ -135,6 +135,10 @@ class Item:
 
 
 def _read_file(path: str) -> bytes:
+    from ....qwenimage_core.images import not_regular
+
+    if why := not_regular(path, 1 << 30):   # a FIFO would block, a device never end (sources.MAX_IMAGE_BYTES)
+        raise OSError(why)
     with open(path, "rb") as fh:
         return fh.read()
 

@@ -10,7 +10,12 @@ dropped record naming the file and why: it is counted and listed, never an excep
 - manifest (`*.jsonl`): the trainer's rows {"image", "caption", "references", "category", "weight", ...}; relative
   paths resolve against the manifest's folder; every field but image and caption goes to `meta`.
 - webdataset tar (`*.tar`): members grouped by basename up to the first dot ("dir/0001.jpg" + "dir/0001.txt");
-  `read_bytes("x.tar::dir/0001.jpg")` returns the member's bytes."""
+  `read_bytes("x.tar::dir/0001.jpg")` returns the member's bytes.
+- one image file (`x.png`): that image, with its same-stem caption file as in a folder.
+
+Only regular files are opened, each under a size cap (qwenimage_core.images.not_regular): a FIFO named x.png would
+block open() forever and a link to /dev/zero named .jpg would be read until memory runs out. Such an image is a
+dropped record saying so; such an INPUT is an error naming it."""
 from __future__ import annotations
 
 import contextlib
@@ -19,26 +24,46 @@ import os
 import tarfile
 from collections import defaultdict
 
+from ....qwenimage_core.images import not_regular
 from ..dataset import IMAGE_EXTS, check_row
 from .op import Record
 
 TAR_SEP = "::"
 SOURCE_STAGE = "source"   # the stage name of records dropped before any op ran
+# Size caps. An image: Item.MAX_PIXELS (179 M) as an uncompressed 24-bit BMP is 537 MB, so a larger file is no
+# image the decoder would accept. A caption sidecar: far over any caption (the text encoder keeps 1,024 tokens).
+# A manifest or tar is read whole (a manifest) or indexed (a tar) and may be large: only absurd sizes are refused.
+MAX_IMAGE_BYTES = 1 << 30
+MAX_CAPTION_BYTES = 16 << 20
+MAX_LIST_BYTES = 64 << 30
+
+
+class SourceError(ValueError):
+    """An INPUT that cannot be read at all (not found, a FIFO, a device, too large): the run does not start."""
 
 
 def read_inputs(inputs) -> list[Record]:
-    """Records of every input (folder, .jsonl manifest or .tar), sorted by key; bad ones arrive already dropped."""
+    """Records of every input (folder, .jsonl manifest, .tar or one image), sorted by key; bad ones arrive already
+    dropped. An input that is not there, or not a regular file or folder, raises SourceError naming it."""
     records: list[Record] = []
     for path in inputs:
         path = os.path.abspath(os.fspath(path))
         if os.path.isdir(path):
             records += read_folder(path)
+            continue
+        is_image = os.path.splitext(path)[1].lower() in IMAGE_EXTS
+        if not os.path.lexists(path):
+            raise SourceError(f"curation input not found: {path}")
+        if why := not_regular(path, MAX_IMAGE_BYTES if is_image else MAX_LIST_BYTES):
+            raise SourceError(f"curation input {path}: {why}")
+        if not os.path.exists(path):
+            raise SourceError(f"curation input {path}: a link to nothing")
+        if is_image:
+            records.append(read_image(path))
         elif path.endswith(".tar"):
             records += read_tar(path)
-        elif os.path.isfile(path):
-            records += read_manifest(path)
         else:
-            raise FileNotFoundError(f"curation input not found: {path}")
+            records += read_manifest(path)
     seen, out = set(), []
     for r in sorted(records, key=lambda r: r.key):
         if r.key in seen:   # the same file named by two inputs: curated once
@@ -78,23 +103,44 @@ def read_folder(root: str) -> list[Record]:
             stem, ext = os.path.splitext(name)
             if ext.lower() not in IMAGE_EXTS or name.startswith("."):
                 continue
-            image = os.path.join(dirpath, name)
             meta = {} if rel == "." else {"category": rel.replace(os.sep, "/")}
-            caption = None
-            try:
-                if stem + ".txt" in names:
-                    with open(os.path.join(dirpath, stem + ".txt"), encoding="utf-8") as fh:
-                        caption = fh.read().strip()
-                elif stem + ".json" in names:
-                    sidecar = os.path.join(dirpath, stem + ".json")
-                    with open(sidecar, encoding="utf-8") as fh:
-                        caption, extra = _caption_json(fh.read(), sidecar)
-                    meta.update(extra)
-            except (OSError, UnicodeDecodeError, ValueError) as e:
-                records.append(_bad(image, image, f"caption: {e}"))
-                continue
-            records.append(Record(key=image, image=image, caption=caption, meta=meta))
+            records.append(_image_record(os.path.join(dirpath, name), names, meta))
     return records
+
+
+def read_image(path: str) -> Record:
+    """One image file given as an INPUT: a sample as in a folder (its same-stem .txt or .json is the caption)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    folder = os.path.dirname(path)
+    return _image_record(path, {n for n in (stem + ".txt", stem + ".json") if os.path.lexists(os.path.join(folder, n))},
+                         {})
+
+
+def _image_record(image: str, names: set, meta: dict) -> Record:
+    """An image file and its sidecar caption (`names`: the file names beside it) -> a Record, or a dropped one
+    saying why (the image or its caption is not a regular file, too large, unreadable, malformed)."""
+    if why := not_regular(image, MAX_IMAGE_BYTES):
+        return _bad(image, image, f"image: {why}")
+    folder, stem = os.path.dirname(image), os.path.splitext(os.path.basename(image))[0]
+    caption = None
+    try:
+        for ext in (".txt", ".json"):
+            if stem + ext not in names:
+                continue
+            sidecar = os.path.join(folder, stem + ext)
+            if why := not_regular(sidecar, MAX_CAPTION_BYTES):
+                raise ValueError(f"{sidecar}: {why}")
+            with open(sidecar, encoding="utf-8") as fh:
+                text = fh.read()
+            if ext == ".txt":
+                caption = text.strip()
+            else:
+                caption, extra = _caption_json(text, sidecar)
+                meta = {**meta, **extra}
+            break
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return _bad(image, image, f"caption: {e}")
+    return Record(key=image, image=image, caption=caption, meta=meta)
 
 
 # ------------------------------------------------------------------------------------------------ manifest
@@ -158,6 +204,10 @@ def read_tar(path: str) -> list[Record]:
             if img is None:
                 continue
             key = f"{path}{TAR_SEP}{img.name}"
+            if img.size > MAX_IMAGE_BYTES:
+                records.append(_bad(key, key, f"image: {img.size:,} bytes, over the {MAX_IMAGE_BYTES:,}-byte limit; "
+                                              "not read"))
+                continue
             try:
                 caption, meta = _tar_caption(tf, path, members)
             except (ValueError, OSError, tarfile.TarError, UnicodeDecodeError) as e:
@@ -177,7 +227,9 @@ def _tar_caption(tf, path: str, members: dict) -> tuple[str | None, dict]:
     return None, {}
 
 
-def _member(tf, info) -> bytes:
+def _member(tf, info, max_bytes: int = MAX_CAPTION_BYTES) -> bytes:
+    if info.size > max_bytes:
+        raise OSError(f"member {info.name}: {info.size:,} bytes, over the {max_bytes:,}-byte limit; not read")
     fh = tf.extractfile(info)
     data = fh.read()
     if len(data) != info.size:
@@ -192,6 +244,8 @@ def read_bytes(image: str) -> bytes:
     """The bytes of a record's image: a file, or a tar member ("x.tar::dir/0001.jpg"). Any failure is an OSError
     (which the op machinery turns into a "broken" drop naming the file)."""
     if TAR_SEP not in image:
+        if why := not_regular(image, MAX_IMAGE_BYTES):   # a manifest's row may name a FIFO or a device
+            raise OSError(why)
         with open(image, "rb") as fh:
             return fh.read()
     path, name = image.split(TAR_SEP, 1)
@@ -208,7 +262,7 @@ def read_bytes(image: str) -> bytes:
         tf, index = _TARS[path]
         if name not in index:
             raise OSError(f"no member {name}")
-        return _member(tf, index[name])
+        return _member(tf, index[name], MAX_IMAGE_BYTES)
     except OSError as e:
         raise OSError(f"{image}: {e}") from None
     except (tarfile.TarError, EOFError) as e:
