@@ -374,6 +374,25 @@ def test_ocr_text_reads_the_language():
         == ["zh", "en", "other", "other", "none", "none"]
 
 
+def test_ocr_does_not_read_qr_codes_as_chinese():
+    """The recognizer reads a QR code's modules as Han characters ('口', '品牌品', with scores up to 0.96): lines
+    inside a code the QR detector finds are not text, so a photo with a QR code and no words reads "none"."""
+    recs = []
+    for i, url in enumerate(["https://example.com/qwen-image", "https://a.b/c?d=1234567890"]):
+        im = np.array(scene(40 + i, (960, 720)))
+        im[60:380, 60:380] = 255   # the quiet zone
+        im[80:360, 80:360] = cv2.resize(cv2.QRCodeEncoder.create().encode(url), (280, 280),
+                                        interpolation=cv2.INTER_NEAREST)[..., None]
+        recs += run({"op": "ocr_text", "recognize": True}, item(encode(Image.fromarray(im)), f"qr{i}.png"))
+    assert [(r.stats["text_language"], r.stats["text_boxes"]) for r in recs] == [("none", 0), ("none", 0)]
+    words = np.array(page(40, 1, "Grand Opening"))     # a real line beside a code is still read
+    words[300:460, 20:180] = 255
+    words[310:450, 30:170] = cv2.resize(cv2.QRCodeEncoder.create().encode("https://example.com"), (140, 140),
+                                        interpolation=cv2.INTER_NEAREST)[..., None]
+    [rec] = run({"op": "ocr_text", "recognize": True}, item(encode(Image.fromarray(words)), "sign.png"))
+    assert rec.stats["text_language"] == "en" and "OPENING" in rec.stats["ocr_text"].upper()
+
+
 # ------------------------------------------------------------------------------------------------ captions
 
 def test_caption_length_counts_qwen_tokens(photo):

@@ -27,12 +27,33 @@ class QRCode(Op):
         self.side = side
 
     def compute(self, item: Item) -> dict:
-        gray = np.asarray(item.small.convert("L"))
-        scale = self.side / max(gray.shape)
-        if scale < 1:
-            gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
-                              interpolation=cv2.INTER_AREA)
+        gray, _ = _gray(item, self.side)
         return {"has_qr": _found(_qr().detect(gray)), "has_barcode": _found(_barcode().detect(gray))}
+
+
+def _gray(item: Item, side: int) -> tuple[np.ndarray, float]:
+    """The analysis image in grey with its long side at most `side`, and its scale to the stored image's pixels."""
+    gray = np.asarray(item.small.convert("L"))
+    scale = side / max(gray.shape)
+    if scale < 1:
+        gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
+                          interpolation=cv2.INTER_AREA)
+    return gray, max(item.pil.size) / max(gray.shape)
+
+
+def qr_regions(item: Item, side: int = 384, margin: float = 0.15) -> list[np.ndarray]:
+    """The QR codes found, each as its 4 corners in the stored image's pixels, grown by `margin` of its size about
+    its centre (the detector's corners sit inside the finder patterns): OCR reads a QR code's modules as Han
+    characters ('口', '品牌品'), so ocr_text leaves out what it finds inside these."""
+    gray, to_stored = _gray(item, side)
+    ok, points = _qr().detectMulti(gray)[:2]
+    if not ok or points is None:
+        return []
+    out = []
+    for quad in np.asarray(points, dtype=np.float32).reshape(-1, 4, 2) * to_stored:
+        centre = quad.mean(axis=0)
+        out.append(centre + (quad - centre) * (1 + 2 * margin))
+    return out
 
 
 def _found(result) -> bool:

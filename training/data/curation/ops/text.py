@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from ..op import Item, Op, OpError, register
+from .abnormal import qr_regions
 
 INF = float("inf")
 # The detector pads each line's box (DB's unclip). Measured on rendered text with glyphs 6..37 px high: box height
@@ -17,6 +18,7 @@ BOX_SLOPE, BOX_PAD_PX = 1.25, 5.0
 # A squat "line" taller than half the image is the detector mistaking grain or a gradient for text (seen on grainy
 # photos: one box over most of the image); real lines are long, or lower (a one-word banner is long, not squat).
 MAX_LINE_SHARE, MIN_LINE_ASPECT = 0.5, 2.0
+MIN_LINE_SCORE = 0.5   # the recognizer's confidence under which a line is not counted (as the docstring says)
 
 
 @register("ocr_text")
@@ -26,7 +28,8 @@ class OcrText(Op):
     (estimated from its box; None without text). With `recognize = true` also ocr_text (what is read, lines joined
     with spaces), text_chars (its characters but spaces) and text_language ("zh", "en", "other"; "none" without
     text), and lines the recognizer cannot read (score < 0.5) are not counted; otherwise those are None
-    (text_language is "none" still when nothing is found). Defaults drop text-dense images (text_area > 0.5) and
+    (text_language is "none" still when nothing is found). Lines inside a QR code (abnormal.qr_regions) are
+    never counted: the recognizer reads its modules as Han characters. Defaults drop text-dense images (text_area > 0.5) and
     glyphs under 8 px, too small to learn their shapes from (an image without text passes both). Options:
     recognize (false), threads (1: the engines run a process per core), det_side_len (1024: detection scales
     larger images down to it; 512 is ~4x faster but misses lines of glyphs under ~8 px in a 1024 px image)."""
@@ -49,7 +52,10 @@ class OcrText(Op):
         im = item.pil
         out = ocr_engine(**self.engine)(im, use_det=True, use_cls=False, use_rec=self.recognize)
         boxes = [] if out.boxes is None else [np.asarray(b, dtype=np.float32) for b in out.boxes]
-        keep = [_is_line(cv2.minAreaRect(b)[1], im.size) for b in boxes]
+        qr = qr_regions(item) if boxes else []
+        keep = [_is_line(cv2.minAreaRect(b)[1], im.size) and not _inside_any(b, qr) for b in boxes]
+        if self.recognize:   # a line the recognizer is unsure of is not text it can vouch for
+            keep = [k and s >= MIN_LINE_SCORE for k, s in zip(keep, out.scores or [1.0] * len(keep))]
         boxes = [b for b, k in zip(boxes, keep) if k]
         texts = [t for t, k in zip(out.txts or (), keep) if k] if self.recognize else []
         stats = {"text_boxes": len(boxes),
@@ -67,6 +73,12 @@ class OcrText(Op):
         if not stats.get("text_boxes"):
             stats = {**stats, **{s: self.keep[s][0] for s in self.TEXT_ONLY if s in self.keep}}
         return super().decide(stats)
+
+
+def _inside_any(box: np.ndarray, regions) -> bool:
+    """A detected line whose centre lies in a QR code: the code's modules, not text."""
+    centre = tuple(float(v) for v in box.mean(axis=0))
+    return any(cv2.pointPolygonTest(r.reshape(-1, 1, 2), centre, False) >= 0 for r in regions)
 
 
 def _is_line(box_size, image_size) -> bool:
