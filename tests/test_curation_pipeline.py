@@ -142,7 +142,10 @@ def test_sources_read_every_kind_and_name_bad_rows(data):
     assert recs["m.png"].meta == {"category": "flat", "weight": 2.0, "origin": "web"}
     assert recs["0003.png"].caption == "wine" and recs["0003.png"].image.endswith("shard.tar::a/0003.png")
     assert recs["nocap.png"].caption is None
-    assert recs["list.jsonl:2"].dropped.startswith("source: json: line 2")
+    assert recs["list.jsonl:2"].dropped == ("source: json: line 2: not valid JSON: a key is not in double quotes "
+                                            "(or a comma is extra) at column 2")   # in words, not json's message
+    assert recs["badside.png"].dropped.endswith("badside.json: not valid JSON: a key is not in double quotes (or a "
+                                                "comma is extra) at line 1 column 2")
     assert "image" in recs["list.jsonl:3"].dropped
     assert [r.key for r in read_inputs(data)] == sorted(r.key for r in read_inputs(data))
 
@@ -420,7 +423,7 @@ def test_report_preset_end_to_end(tmp_path):
     (raw / "words.jpg").write_bytes(b"not an image at all")
     put("words.jpg", None, why=("s1", "broken: not a readable image"))
     put("small.jpg", _scene(20, (200, 180)), why=("s1", "resolution: short_side"))
-    put("near_dup.jpg", _scene(3).resize((650, 596)), quality=70, why=("s1", "dedup: near duplicate of"))
+    put("near_dup.jpg", _scene(3), quality=80, why=("s7", "dedup: near duplicate of"))   # re-encoded copy
     put("blur.jpg", _scene(21).filter(ImageFilter.GaussianBlur(8)), why=("s2", "clarity"))
     put("dark.jpg", Image.fromarray((np.asarray(_scene(22)) * 0.03).astype(np.uint8)), why=("s2", "clarity"))
     exif = Image.Exif()

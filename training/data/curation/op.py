@@ -161,7 +161,20 @@ def decode(data: bytes) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise Undecodable(f"decompression bomb: {e}") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files: all mean "broken"
-        raise Undecodable(_ADDRESS.sub("", f"not a readable image: {type(e).__name__}: {e}")) from None
+        raise Undecodable(f"not a readable image: {decode_problem(e)}") from None
+
+
+def decode_problem(e: Exception) -> str:
+    """What a decoder's exception means, in words (its own text is for a developer: "cannot identify image file",
+    "unrecognized data stream contents when reading image file")."""
+    text = _ADDRESS.sub("", str(e))
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not an image file, or a format PIL does not read"
+    if isinstance(e, EOFError) or "truncated" in text:
+        return "the file is truncated (it ends before the image does)"
+    if isinstance(e, SyntaxError) or any(w in text for w in ("data stream", "decoder", "broken", "corrupt")):
+        return f"the image data is corrupt ({text})"
+    return text or type(e).__name__
 
 
 # ------------------------------------------------------------------------------------------------ the ops

@@ -77,12 +77,33 @@ def _bad(key: str, image: str, why: str) -> Record:
     return Record(key=key, image=image, dropped=f"source: {why}", stage=SOURCE_STAGE)
 
 
+# json's messages, said in words: "Unterminated string starting at" + " at column 44" read as raw exception text
+_JSON_WORDS = {
+    "Expecting value": "a value is missing or is not JSON (text needs double quotes)",
+    "Unterminated string starting at": "a string is not closed (no ending double quote)",
+    "Expecting property name enclosed in double quotes": "a key is not in double quotes (or a comma is extra)",
+    "Expecting ',' delimiter": "a comma is missing between items",
+    "Expecting ':' delimiter": "a colon is missing after a key",
+    "Extra data": "more than one JSON value (one object per line)",
+    "Invalid control character at": "a raw control character (a tab or newline) inside a string",
+    "Invalid \\escape": "a backslash escape JSON does not know",
+}
+
+
+def json_problem(e: json.JSONDecodeError, line: bool = True) -> str:
+    """What is wrong with a JSON text, in words, and where: "a string is not closed (...) at column 44"."""
+    where = f"line {e.lineno} column {e.colno}" if line else f"column {e.colno}"
+    return f"not valid JSON: {_JSON_WORDS.get(e.msg, e.msg[:1].lower() + e.msg[1:])} at {where}"
+
+
 def _caption_json(text: str, where: str) -> tuple[str | None, dict]:
     """A .json sidecar -> (caption, other fields); raises ValueError naming `where` when it is not an object."""
     try:
         row = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise ValueError(f"{where}: {json_problem(e)}") from None
+    except RecursionError:
+        raise ValueError(f"{where}: not valid JSON: nested too deeply") from None
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
     caption = row.pop("caption", None)
@@ -160,7 +181,10 @@ def read_manifest(path: str) -> list[Record]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            records.append(_bad(where, where, f"json: line {n}: not valid JSON ({e.msg} at column {e.colno})"))
+            records.append(_bad(where, where, f"json: line {n}: {json_problem(e, line=False)}"))
+            continue
+        except RecursionError:
+            records.append(_bad(where, where, f"json: line {n}: not valid JSON: nested too deeply"))
             continue
         problem = check_row(row, captions=False)  # the trainer's own rules for a manifest row
         if problem:

@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from ..op import Item, Op, Undecodable, register
+from ..op import Item, Op, Undecodable, decode_problem, register
 
 EXIF_ORIENTATION = 0x0112   # the EXIF tag: 1 = as stored; 2..8 = mirrored and/or rotated by 90/180/270 degrees
 
@@ -20,7 +20,7 @@ def header(item: Item) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise Undecodable(f"decompression bomb: {e}") from None
     except Exception as e:
-        raise Undecodable(f"not a readable image: {type(e).__name__}: {e}") from None
+        raise Undecodable(f"not a readable image: {decode_problem(e)}") from None
     if im.width * im.height > Item.MAX_PIXELS:
         raise Undecodable(f"decompression bomb: {im.width}x{im.height} = {im.width * im.height} pixels "
                           f"> {Item.MAX_PIXELS}")
