@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import torch
 import torch.nn as nn
 
 from .config import TransformerConfig
 from .fp8 import FP8_DTYPES, SCALE_SUFFIXES, is_quant_key, quant_format, quantize, swap_to_fp8
 from .transformer import QwenImageTransformer
-from .weights import (CheckpointError, SafetensorsFile, assign_weights, check_config_fits, open_checkpoint_files,
-                      save_file_atomic)
+from .weights import (CheckpointError, SafetensorsFile, assign_weights, block_count, check_config_fits,
+                      check_parameter_count, load_json, open_checkpoint_files, save_file_atomic)
 
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 # Empty tensors ComfyUI writes as flags rather than weights.
@@ -38,11 +37,16 @@ def component_folder(path: str, component: str) -> str | None:
 
 
 def read_json(path: str) -> dict:
+    """A JSON object of a model folder (config, index), through the loaders' one bounded JSON reader."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError) as e:
+        with open(path, "rb") as fh:
+            text = fh.read()
+    except OSError as e:
         raise CheckpointError(f"{path}: cannot read JSON: {e}") from None
+    value = load_json(text, path)
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return value
 
 
 def folder_weight_files(folder: str) -> list[str]:
@@ -101,13 +105,12 @@ def infer_transformer_config(shapes: dict[str, tuple], markers=()) -> Transforme
 
     dim, in_ch = need("img_in.weight")
     head_dim = need("transformer_blocks.0.attn.norm_q.weight")[0]
-    blocks = {int(m.group(1)) for k in shapes if (m := re.match(r"transformer_blocks\.(\d+)\.", k))}
     patch = 2
     axes = (16, 56, 56) if head_dim == 128 else _scaled_axes(head_dim)
     flags = {MARKERS[m]: True for m in markers if m in MARKERS}
     return TransformerConfig(
         patch_size=patch, in_channels=in_ch, out_channels=need("proj_out.weight")[0] // patch ** 2,
-        num_layers=max(blocks) + 1, attention_head_dim=head_dim, num_attention_heads=dim // head_dim,
+        num_layers=block_count(shapes, "transformer_blocks."), attention_head_dim=head_dim, num_attention_heads=dim // head_dim,
         joint_attention_dim=need("txt_in.weight")[1], axes_dims_rope=axes,
         use_additional_t_cond="time_text_embed.addition_t_embedding.weight" in shapes, **flags)
 
@@ -122,6 +125,16 @@ def check_transformer_config(config: TransformerConfig, sources: dict) -> None:
         ("txt_in.weight", 1, "joint_attention_dim", c.joint_attention_dim),
         ("proj_out.weight", 0, "out_channels x patch_size^2", c.out_channels * c.patch_size ** 2)],
         counts=[("transformer_blocks.", "num_layers", c.num_layers)])
+    check_parameter_count("transformer", sources, parameter_count(config))
+
+
+def parameter_count(config: TransformerConfig) -> int:
+    """The parameters of the model `config` describes, counted on one block built on the meta device (building
+    all of them is what a bound on the count must avoid)."""
+    with torch.device("meta"):
+        one = QwenImageTransformer(config.replace(num_layers=1))
+    block = sum(p.numel() for p in one.transformer_blocks[0].parameters())
+    return sum(p.numel() for p in one.parameters()) + (config.num_layers - 1) * block
 
 
 def _scaled_axes(head_dim: int) -> tuple[int, int, int]:

@@ -5,9 +5,18 @@ config we write is one diffusers reads back."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 _META_FIELDS = {"_class_name", "_diffusers_version", "_name_or_path", "_commit_hash", "_use_default_values"}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 @dataclass(frozen=True)
@@ -32,7 +41,8 @@ class TransformerConfig:
         return self.num_attention_heads * self.attention_head_dim
 
     def __post_init__(self):
-        object.__setattr__(self, "axes_dims_rope", tuple(int(a) for a in self.axes_dims_rope))
+        self._check_types()
+        object.__setattr__(self, "axes_dims_rope", tuple(self.axes_dims_rope))
         if sum(self.axes_dims_rope) != self.attention_head_dim or any(a % 2 for a in self.axes_dims_rope):
             raise ValueError(f"axes_dims_rope {self.axes_dims_rope} must be even and sum to attention_head_dim "
                              f"{self.attention_head_dim}")
@@ -41,6 +51,25 @@ class TransformerConfig:
                              f"({self.out_channels} x {self.patch_size}^2)")
         if self.guidance_embeds:
             raise ValueError("guidance_embeds=True: no guidance-distilled Qwen-Image exists to define it")
+
+    def _check_types(self):
+        """Every field of the type its default has (a config file's "num_layers": "20000" is named here, not a
+        TypeError deep in a check), and sizes positive."""
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            v, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok, want = isinstance(v, bool), "true or false"
+            elif isinstance(default, int):
+                ok, want = _positive_int(v), "a positive integer"
+            elif isinstance(default, float):
+                ok, want = _number(v) and math.isfinite(v) and v > 0, "a positive number"
+            else:  # axes_dims_rope
+                ok, want = isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_positive_int, v)), \
+                    "three positive integers"
+            if not ok:
+                raise ValueError(f"config field {f.name!r} = {v!r} must be {want}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TransformerConfig":

@@ -10,7 +10,6 @@ ever held in high precision. Where the GPU has fp8 tensor cores, `use_scaled_mm`
 """
 from __future__ import annotations
 
-import json
 
 import torch
 import torch.nn as nn
@@ -29,9 +28,11 @@ def is_quant_key(name: str) -> bool:
 
 def quant_format(blob: torch.Tensor) -> str:
     """The `format` named by a `.comfy_quant` uint8 JSON blob."""
+    from .weights import CheckpointError, load_json
+
     try:
-        conf = json.loads(bytes(blob.to(torch.uint8).tolist()).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        conf = load_json(bytes(blob.to(torch.uint8).tolist()), None)
+    except CheckpointError:  # not JSON, or nested deep enough to overflow the parser
         return "unreadable"
     return conf.get("format", "unknown") if isinstance(conf, dict) else str(conf)
 

@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .weights import CheckpointError, SafetensorsFile, save_file_atomic
+from .weights import CheckpointError, SafetensorsFile, load_json, save_file_atomic
 
 log = logging.getLogger(__name__)
 
@@ -449,10 +449,7 @@ class _PeftConfig:
         raw = metadata.get("lora_adapter_metadata")
         if not raw:
             return None
-        try:
-            cfg = json.loads(raw)
-        except json.JSONDecodeError:
-            cfg = None
+        cfg = load_json(raw, None, "it")  # unparsable or absurdly nested: a named error, as for any metadata
         if not isinstance(cfg, dict):
             log.warning("lora_adapter_metadata is not a JSON object; LoRA scales default to alpha/rank or 1")
             return None

@@ -14,7 +14,6 @@ Two schedules:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -76,8 +75,9 @@ class ScheduleConfig:
         for cand in (path, os.path.join(path, "scheduler_config.json"),
                      os.path.join(path, "scheduler", "scheduler_config.json")):
             if os.path.isfile(cand):
-                with open(cand, encoding="utf-8") as f:
-                    return cls.from_dict(json.load(f))
+                from .checkpoint import read_json  # the loaders' bounded JSON reader
+
+                return cls.from_dict(read_json(cand))
         raise FileNotFoundError(f"no scheduler_config.json at {path} (nor in it, nor in its scheduler/ folder)")
 
     def to_dict(self) -> dict:

@@ -32,6 +32,37 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used as given; the message names the file and the key."""
 
 
+MAX_JSON_DEPTH = 64  # headers and configs nest a few levels; 100,000 levels overflowed the parser's recursion
+
+
+def _json_depth_ok(value, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            if d > limit:
+                return False
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def load_json(text: str | bytes, where: str | None, what: str = "JSON"):
+    """Parse `text` (a safetensors header, a config, metadata): bad JSON, or nesting deeper than MAX_JSON_DEPTH
+    (a RecursionError from the parser, or a value later code would recurse into), is a CheckpointError that
+    names `where` (the file; None when the caller adds it) and `what`. The one JSON reader for every file a
+    loader is handed."""
+    where = f"{where}: " if where else ""
+    try:
+        value, deep = json.loads(text), False
+    except RecursionError:
+        value, deep = None, True
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{where}{what} is not valid JSON ({e})") from None
+    if deep or not _json_depth_ok(value, MAX_JSON_DEPTH):
+        raise CheckpointError(f"{where}{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     dtype: str
@@ -71,12 +102,7 @@ class SafetensorsFile:
     def metadata_json(self, key: str):
         """A JSON value stored as text in the header's metadata (a config), or None when absent."""
         raw = self.metadata.get(key)
-        if raw is None:
-            return None
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{self.path}: metadata {key!r} is not valid JSON ({e})") from None
+        return None if raw is None else load_json(raw, self.path, f"metadata {key!r}")
 
     def done_with(self, tensor: torch.Tensor, every: int = 2 ** 29) -> None:
         """Note that a tensor read from the map has been copied elsewhere (cast or moved). Pages once touched
@@ -105,10 +131,7 @@ def _read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         (n,) = struct.unpack("<Q", head)
         if n == 0 or n > _MAX_HEADER or 8 + n > size:
             raise CheckpointError(f"{path}: not a safetensors file (bad header length {n} for a {size}-byte file)")
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {e})") from None
+        header = load_json(fh.read(n), path, "the safetensors header")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
@@ -230,6 +253,24 @@ def _set_tensor(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
         module._buffers[leaf] = value
 
 
+def block_indices(names: Iterable[str], prefix: str) -> list[int]:
+    """The numbers of the blocks (`prefix`0., `prefix`1., ...) that the names hold, sorted."""
+    found = {n[len(prefix):].split(".", 1)[0] for n in names if n.startswith(prefix)}
+    return sorted(int(i) for i in found if i.isascii() and i.isdigit())
+
+
+def block_count(names: Iterable[str], prefix: str) -> int:
+    """How many numbered blocks the names hold, numbered 0..n-1: a count read off the highest index would let
+    one stray key `transformer_blocks.19999.x` build 20,000 blocks, so a gap is an error."""
+    index = block_indices(names, prefix)
+    if index and index[-1] != len(index) - 1:
+        gaps = [(a + 1, b - 1) for a, b in zip([-1] + index, index) if b > a + 1]  # missing runs, first..last
+        shown = ", ".join(f"{prefix}{a}" + (f"..{b}" if b > a else "") for a, b in gaps[:3])
+        raise CheckpointError(f"numbered blocks with gaps: {len(index)} present among {prefix}0..{index[-1]}, "
+                              f"missing {shown}{f' and {len(gaps) - 3} more runs' if len(gaps) > 3 else ''}")
+    return len(index)
+
+
 def check_config_fits(what: str, sources: Mapping[str, tuple[SafetensorsFile, str]],
                       dims: Iterable[tuple[str, int, str, int]] = (),
                       counts: Iterable[tuple[str, str, int]] = ()) -> None:
@@ -238,7 +279,14 @@ def check_config_fits(what: str, sources: Mapping[str, tuple[SafetensorsFile, st
     keys. dims: (name, axis, config field, value) - the weight's size along axis must equal value; counts:
     (name prefix, config field, value) - the config may not ask for more numbered blocks than the file holds
     (fewer is cheap to build, and the loader then names the unexpected keys)."""
-    bad = []
+    bad, dims, counts = [], list(dims), list(counts)
+    fields = [(fld, want) for _, _, fld, want in dims] + [(fld, want) for _, fld, want in counts]
+    for fld, want in dict(fields).items():
+        if not isinstance(want, int) or isinstance(want, bool):
+            bad.append(f"{fld} = {want!r} in the config is not an integer")
+    if bad:
+        where = next(iter(sources.values()))[0].path if sources else "<no weights>"
+        raise CheckpointError(f"{where}: the {what} config is not usable: " + "; ".join(bad))
     for name, axis, fld, want in dims:
         if (src := sources.get(name)) is None:
             continue
@@ -247,13 +295,23 @@ def check_config_fits(what: str, sources: Mapping[str, tuple[SafetensorsFile, st
             needs = shape[:axis] + [want] + shape[axis + 1:]
             bad.append(f"{src[1]!r}: file has {shape}, config ({fld} = {want}) needs {needs}")
     for prefix, fld, want in counts:
-        found = {n[len(prefix):].split(".")[0] for n in sources if n.startswith(prefix)}
-        have = max((int(i) + 1 for i in found if i.isdigit()), default=0)
+        have = len(block_indices(sources, prefix))  # blocks present, not the highest index: see block_count
         if want > have:
-            bad.append(f"{fld} = {want} in the config, but the file has {have} ({prefix}0..{have - 1})")
+            bad.append(f"{fld} = {want} in the config, but the file has {have} ({prefix}N)")
     if bad:
         where = next(iter(sources.values()))[0].path if sources else "<no weights>"
         raise CheckpointError(f"{where}: the {what} config does not match the weights: " + "; ".join(bad))
+
+
+def check_parameter_count(what: str, sources: Mapping[str, tuple[SafetensorsFile, str]], params: int) -> None:
+    """Refuse a config whose model would be far larger than the file's weights: every parameter is read from one
+    stored element, so a model of more than twice the stored elements (a file of stub blocks, a crafted config)
+    can only fail to load, and building it first could take minutes."""
+    held = sum(math.prod(f.shape(k)) for f, k in sources.values())
+    if params > 2 * held:
+        where = next(iter(sources.values()))[0].path if sources else "<no weights>"
+        raise CheckpointError(f"{where}: the {what} config describes {params:,} parameters, but the file holds "
+                              f"only {held:,} weight values: the config does not match the weights")
 
 
 def _sort_header_metadata(path: str) -> None:

@@ -285,3 +285,136 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# ------------------------------------------------------------- block counts and model size (issue 23 item 5)
+
+def _no_big_build(monkeypatch, most: int = 2):
+    """Let the loader build models of at most `most` blocks (the size check builds one on the meta device)."""
+    real = ckpt.QwenImageTransformer
+
+    def guarded(config):
+        assert config.num_layers <= most, f"a model of {config.num_layers} blocks was built"
+        return real(config)
+    monkeypatch.setattr(ckpt, "QwenImageTransformer", guarded)
+
+
+def test_a_stray_block_index_is_a_gap_not_20000_blocks(tmp_path, tiny, monkeypatch):
+    """No config: the block count was the highest index + 1, so one key `transformer_blocks.19999...` built
+    20,000 blocks (16 s in `inspect --load`, the server's worker blocked) before failing on missing keys."""
+    sd = {k: v.contiguous() for k, v in tiny.state_dict().items()}
+    sd["transformer_blocks.19999.attn.norm_q.weight"] = torch.ones(16)
+    save_file(sd, str(tmp_path / "gap.safetensors"))
+    _no_big_build(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"gap\.safetensors: numbered blocks with gaps: 3 present among "
+                                              r"transformer_blocks\.0\.\.19999, missing transformer_blocks\.2\.\.19998"):
+        load_transformer(tmp_path / "gap.safetensors")
+
+
+@pytest.mark.parametrize("with_config", [False, True])
+def test_a_model_far_larger_than_the_file_is_refused_before_building(tmp_path, tiny, monkeypatch, with_config):
+    """3,000 contiguous stub blocks (one 16-value norm each): the config, inferred or from the metadata, agrees
+    with the count, but the model it describes is ~800 times the weights the file holds."""
+    sd = {k: v.contiguous() for k, v in tiny.state_dict().items()}
+    sd.update({f"transformer_blocks.{i}.attn.norm_q.weight": torch.ones(16) for i in range(2, 3000)})
+    meta = {"config": json.dumps({**tiny.config.to_dict(), "num_layers": 3000})} if with_config else None
+    save_file(sd, str(tmp_path / "stubs.safetensors"), meta)
+    _no_big_build(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"stubs\.safetensors: the transformer config describes [\d,]+ "
+                                              r"parameters, but the file holds only [\d,]+ weight values"):
+        load_transformer(tmp_path / "stubs.safetensors")
+
+
+def test_inspect_load_refuses_a_stub_file_in_one_line(tmp_path, tiny, capsys, monkeypatch):
+    from qwenimage.cli import main
+
+    sd = {k: v.contiguous() for k, v in tiny.state_dict().items()}
+    sd["transformer_blocks.19999.attn.norm_q.weight"] = torch.ones(16)
+    save_file(sd, str(tmp_path / "gap.safetensors"))
+    _no_big_build(monkeypatch)
+    assert main(["inspect", str(tmp_path / "gap.safetensors"), "--load"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "gap.safetensors: numbered blocks with gaps" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_the_node_loader_names_the_stub_file(tmp_path, tiny, monkeypatch):
+    """The server's loader is the core's: the same fast, named refusal reaches the node's caller."""
+    from qwenimage.nodes import loaders
+
+    sd = {k: v.contiguous() for k, v in tiny.state_dict().items()}
+    sd["transformer_blocks.19999.attn.norm_q.weight"] = torch.ones(16)
+    save_file(sd, str(tmp_path / "gap.safetensors"))
+    _no_big_build(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"gap\.safetensors: numbered blocks with gaps"):
+        loaders._load_model("model:gap-test", str(tmp_path / "gap.safetensors"), "default")
+
+
+# -------------------------------------------------------- nested JSON and mistyped configs (issue 23 item 10)
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_a_deeply_nested_safetensors_header_is_a_named_error(tmp_path):
+    header = ('{"__metadata__": {"x": "y"}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "n": '
+              + DEEP + '}}').encode()
+    (tmp_path / "deep.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    with pytest.raises(CheckpointError, match=r"deep\.safetensors: the safetensors header is nested deeper than 64"):
+        load_transformer(tmp_path / "deep.safetensors")
+    with pytest.raises(LoraError, match=r"deep\.safetensors: the safetensors header is nested deeper"):
+        read_lora(tmp_path / "deep.safetensors")
+
+
+@pytest.mark.parametrize("depth", [100_000, 500])  # the parser's RecursionError, and what it parses but is absurd
+def test_deeply_nested_metadata_is_a_named_error_for_every_loader(tmp_path, tiny, depth):
+    from _tiny import tiny_text_encoder
+
+    deep = "[" * depth + "]" * depth
+    sd = {k: v.contiguous() for k, v in tiny.state_dict().items()}
+    save_file(sd, str(tmp_path / "dit.safetensors"), {"config": deep})
+    with pytest.raises(CheckpointError, match=r"dit\.safetensors: metadata 'config' is nested deeper than 64"):
+        load_transformer(tmp_path / "dit.safetensors")
+    save_text_encoder_file(tiny_text_encoder(512), tmp_path / "te0.safetensors")
+    tensors, _ = _tensors(tmp_path / "te0.safetensors")
+    save_file(tensors, str(tmp_path / "te.safetensors"), {CONFIG_METADATA_KEY: deep})
+    with pytest.raises(CheckpointError, match=rf"te\.safetensors: metadata '{CONFIG_METADATA_KEY}' is nested deeper"):
+        load_text_encoder_model(tmp_path / "te.safetensors")
+    save_lora(tmp_path / "l0.safetensors", {"transformer_blocks.0.attn.to_q": (torch.randn(4, 32), torch.randn(32, 4))})
+    tensors, _ = _tensors(tmp_path / "l0.safetensors")
+    save_file(tensors, str(tmp_path / "l.safetensors"), {"lora_adapter_metadata": '{"r": 4, "x": ' + deep + "}"})
+    with pytest.raises(LoraError, match=r"l\.safetensors: metadata 'lora_adapter_metadata': it is nested deeper"):
+        read_lora(tmp_path / "l.safetensors")
+
+
+def test_a_deeply_nested_config_json_is_a_named_error(tmp_path, tiny):
+    save_transformer(tiny, tmp_path / "transformer")
+    (tmp_path / "transformer" / "config.json").write_text('{"num_layers": ' + DEEP + "}")
+    with pytest.raises(CheckpointError, match=r"config\.json: JSON is nested deeper than 64"):
+        load_transformer(tmp_path)
+
+
+@pytest.mark.parametrize("field,value", [("num_layers", "20000"), ("num_attention_heads", 2.5),
+                                         ("zero_cond_t", "yes"), ("axes_dims_rope", [4, 6, None])])
+def test_a_mistyped_transformer_config_names_the_field_and_file(tmp_path, tiny, field, value):
+    """"num_layers": "20000" was a TypeError traceback (str > int in the count check)."""
+    sd = {k: v.contiguous() for k, v in tiny.state_dict().items()}
+    save_file(sd, str(tmp_path / "t.safetensors"), {"config": json.dumps({**tiny.config.to_dict(), field: value})})
+    with pytest.raises(CheckpointError, match=rf"t\.safetensors: config field '{field}' = .* must be"):
+        load_transformer(tmp_path / "t.safetensors")
+    save_transformer(tiny, tmp_path / "transformer")
+    cfg = json.loads((tmp_path / "transformer" / "config.json").read_text())
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps({**cfg, field: value}))
+    with pytest.raises(CheckpointError, match=rf"config\.json: config field '{field}' = .* must be"):
+        load_transformer(tmp_path)
+
+
+def test_a_count_or_size_that_is_not_an_integer_is_named_by_the_shared_check(tmp_path):
+    """The VAE and text encoder configs reach the same check (weights.check_config_fits): a string count was a
+    TypeError there (str > int)."""
+    from qwenimage.qwenimage_core.weights import SafetensorsFile, check_config_fits
+
+    save_file({"decoder.up_blocks.0.w": torch.ones(2)}, str(tmp_path / "v.safetensors"))
+    f = SafetensorsFile(tmp_path / "v.safetensors")
+    with pytest.raises(CheckpointError, match=r"v\.safetensors: the VAE config is not usable: len\(dim_mult\) = '4' "
+                                              r"in the config is not an integer"):
+        check_config_fits("VAE", {"decoder.up_blocks.0.w": (f, "decoder.up_blocks.0.w")},
+                          counts=[("decoder.up_blocks.", "len(dim_mult)", "4")])
