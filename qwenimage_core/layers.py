@@ -31,35 +31,44 @@ def layer_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=eps)
 
 
-def timestep_sinusoids(t: torch.Tensor, dim: int = 256, scale: float = 1000.0, max_period: float = 10000.0):
-    """Sinusoidal embedding of sigma in [0, 1] (scaled to [0, 1000]), cosines first."""
+def timestep_sinusoids(t: torch.Tensor, dim: int = 256, scale: float = 1000.0, max_period: float = 10000.0,
+                       fp32_freqs: bool = False):
+    """Sinusoidal embedding of sigma in [0, 1] (scaled to [0, 1000]), cosines first. The 20B model rounds the
+    frequencies to t's dtype, as trained; 2.1 (`fp32_freqs`) scales sigma first and keeps them in float32."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = (t[:, None].float() * freqs.to(t.dtype)[None]) * scale  # frequencies rounded to t's dtype, as trained
+    if fp32_freqs:
+        return _cos_sin((t.float() * scale)[:, None] * freqs[None])
+    return _cos_sin((t[:, None].float() * freqs.to(t.dtype)[None]) * scale)
+
+
+def _cos_sin(args: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 class TimestepEmbedder(nn.Module):
-    def __init__(self, in_dim: int, dim: int):
+    def __init__(self, in_dim: int, dim: int, bias: bool = True):
         super().__init__()
-        self.linear_1 = nn.Linear(in_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
+        self.linear_1 = nn.Linear(in_dim, dim, bias=bias)
+        self.linear_2 = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
 class TimestepConditioning(nn.Module):
-    """temb = MLP(sinusoids(sigma)), plus a learned embedding of a binary condition for the Layered model."""
+    """temb = MLP(sinusoids(sigma)), plus a learned embedding of a binary condition for the Layered model.
+    2.1: no biases, float32 frequencies."""
 
-    def __init__(self, dim: int, additional_t_cond: bool = False):
+    def __init__(self, dim: int, additional_t_cond: bool = False, bias: bool = True, fp32_freqs: bool = False):
         super().__init__()
-        self.timestep_embedder = TimestepEmbedder(256, dim)
+        self.fp32_freqs = fp32_freqs
+        self.timestep_embedder = TimestepEmbedder(256, dim, bias)
         if additional_t_cond:
             self.addition_t_embedding = nn.Embedding(2, dim)
 
     def forward(self, sigma: torch.Tensor, dtype: torch.dtype, additional_t_cond: torch.Tensor | None = None):
-        temb = self.timestep_embedder(timestep_sinusoids(sigma).to(dtype))
+        temb = self.timestep_embedder(timestep_sinusoids(sigma, fp32_freqs=self.fp32_freqs).to(dtype))
         if hasattr(self, "addition_t_embedding"):
             if additional_t_cond is None:
                 raise ValueError("this model (use_additional_t_cond) needs additional_t_cond")
@@ -67,9 +76,10 @@ class TimestepConditioning(nn.Module):
         return temb
 
 
-def modulation(dim: int) -> nn.Sequential:
-    """AdaLN modulation: SiLU(temb) -> shift, scale, gate for attention and for the MLP (6 x dim)."""
-    return nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+def modulation(dim: int, parts: int = 6, bias: bool = True) -> nn.Sequential:
+    """AdaLN modulation: SiLU(temb) -> shift, scale, gate for attention and for the MLP (6 x dim); 2.1 has no
+    shift (4 x dim, no bias)."""
+    return nn.Sequential(nn.SiLU(), nn.Linear(dim, parts * dim, bias=bias))
 
 
 def modulate(x: torch.Tensor, params: torch.Tensor, index: torch.Tensor | None = None):
