@@ -1,5 +1,7 @@
-"""Exact and near duplicates over the whole set (the report's first stage): a sample is dropped when an earlier-ranked
-copy of it is kept, and its reason names that copy, so a person can look at both.
+"""Exact and near duplicates over the whole set: a sample is dropped when an earlier-ranked copy of it is kept, and its
+reason names that copy, so a person can look at both. The report removes duplicates in its first stage; a pipeline
+should run this op after its per-image rules (the report preset does), so only copies that pass them compete: the
+ranking below knows sizes, not quality, and a copy kept here but dropped by a later rule loses the picture.
 
 Exact: the SHA-256 of the file's bytes. Near: a 64-bit perceptual hash (pHash: the signs of the 8x8 lowest
 frequencies of the 32x32 DCT of the gray image, against their median), which survives resizing, re-encoding and
