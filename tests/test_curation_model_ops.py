@@ -177,6 +177,59 @@ def test_missing_model_stops_the_run_naming_it(tmp_path):
         build_op({"op": "nsfw", "batch_size": 0})
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """A machine without network: every connection fails; the per-process answer is asked afresh and forgotten."""
+    import socket
+
+    from qwenimage.training.data.curation.ops import _model
+
+    probes = []
+
+    def refuse(*args, **kwargs):
+        probes.append(args)
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _model.hub_reachable.cache_clear()
+    yield probes
+    _model.hub_reachable.cache_clear()
+
+
+def test_an_unreachable_hub_fails_at_once_naming_the_model(no_network, monkeypatch):
+    """Without network the hub client retried for ~115 s before the op failed: the hub is asked once (a TCP
+    connection), and then only the local cache is read, so the error comes at once, naming the model and the fix."""
+    import huggingface_hub
+
+    from qwenimage.training.data.curation.ops._model import hub_reachable, local_or_hub_file
+
+    asked = []
+
+    class Model:
+        @classmethod
+        def from_pretrained(cls, path, local_files_only=False, **kw):
+            asked.append(local_files_only)
+            raise OSError(f"{path} is not in the cache")
+
+    op = build_op({"op": "nsfw", "model": "nobody-here/no-such-model"})   # offline not set
+    with pytest.raises(OpError, match=r"no-such-model.*huggingface-cli download.*cannot be reached from here"):
+        op.pretrained(Model, op.model, "image classifier")
+    assert asked == [True] and len(no_network) == 1                       # the cache only; the hub asked once
+
+    def download(repo, filename, local_files_only=False, **kw):
+        asked.append(local_files_only)
+        raise FileNotFoundError(filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(OpError, match=r"no-mlp/model.safetensors is not in the local cache.*cannot be reached"):
+        local_or_hub_file("aesthetic", "aesthetic MLP", "nobody-here/no-mlp", "model.safetensors", False)
+    assert asked == [True, True] and len(no_network) == 1                 # the answer is kept per process
+    hub_reachable.cache_clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_reachable() is False and len(no_network) == 1              # offline by the environment: not asked
+
+
 def _score_in_worker(op, data):
     torch.set_num_threads(1)  # the engine gives each worker its share of the cores; here one
     return op.compute(Item(Record("w", "w.png"), data=data))

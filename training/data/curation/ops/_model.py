@@ -7,7 +7,10 @@ A model that cannot be found is a config error (OpError naming the op, the model
 sample: `run_op` lets OpError through, so the run stops at once instead of dropping every image."""
 from __future__ import annotations
 
+import functools
 import os
+import socket
+import threading
 from typing import Any, Mapping, Sequence
 
 from ..op import Item, Op, OpError
@@ -67,10 +70,11 @@ class ModelOp(Op):
         model becomes an OpError naming this op."""
         from ....rewards.clip import ModelMissing, load_pretrained
 
+        offline = self.offline or not (_local(name) or hub_reachable())
         try:
-            return load_pretrained(cls, name, f"op {self.name!r}: {what}", self.offline, **kwargs)
+            return load_pretrained(cls, name, f"op {self.name!r}: {what}", offline, **kwargs)
         except ModelMissing as e:
-            raise OpError(f"{e} (or set `model = ...` in the op's table)") from None
+            raise OpError(f"{e}{_unreachable(self.offline, name)} (or set `model = ...` in the op's table)") from None
 
     def torch_dtype(self):
         from ....rewards.clip import torch_dtype
@@ -79,6 +83,44 @@ class ModelOp(Op):
             return torch_dtype(self.dtype)
         except ValueError as e:
             raise OpError(f"op {self.name!r}: {e}") from None
+
+
+HUB_PROBE_S = 3.0   # a hub that does not answer a TCP connection in this long is taken as unreachable
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT) takes a TCP connection within HUB_PROBE_S, asked once per process:
+    without network, the hub client's retries took ~115 s before a model op failed. HF_HUB_OFFLINE=1 is a no."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    answered = []
+
+    def probe():   # in a thread: a name lookup has no timeout of its own
+        try:
+            socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)),
+                                     timeout=HUB_PROBE_S).close()
+            answered.append(True)
+        except (OSError, ValueError):
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(HUB_PROBE_S + 1)
+    return bool(answered)
+
+
+def _local(name: str) -> bool:
+    """A path (which never needs the hub), not a hub name."""
+    return name.startswith(("/", ".", "~")) or os.path.exists(os.path.expanduser(name))
+
+
+def _unreachable(offline: bool, name: str) -> str:
+    """What the error adds when this process, not the op's `offline`, decided not to ask the hub."""
+    return "" if offline or _local(name) else "; the hub cannot be reached from here (HF_HUB_OFFLINE or no network)"
 
 
 def inputs_to(inputs: Mapping, device: str, dtype) -> dict:
@@ -105,9 +147,9 @@ def local_or_hub_file(op: str, what: str, name: str, filename: str, offline: boo
     try:
         return hf_hub_download(name, filename, local_files_only=True)
     except Exception as e:
-        if offline:
-            raise OpError(f"op {op!r}: {what} {name}/{filename} is not in the local cache ({type(e).__name__}); "
-                          f"fetch it once with {fetch}, or give a local path") from None
+        if offline or not hub_reachable():
+            raise OpError(f"op {op!r}: {what} {name}/{filename} is not in the local cache ({type(e).__name__})"
+                          f"{_unreachable(offline, name)}; fetch it once with {fetch}, or give a local path") from None
     try:
         return hf_hub_download(name, filename)
     except Exception as e:
