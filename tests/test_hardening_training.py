@@ -274,7 +274,7 @@ progress = false
     written = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "out") for f in fs if f.endswith(".safetensors")]
     for path in written:
         assert all(torch.isfinite(t).all() for t in load_file(path).values()), path
-    assert rc == 1 and "error:" in err and ("non-finite" in err or "loss was" in err), err
+    assert rc == 1 and "error:" in err and ("non-finite" in err or "loss was" in err or "diverged" in err), err
 
 
 def test_load_image_refuses_a_fifo_without_opening_it(tmp_path):
@@ -307,3 +307,75 @@ def test_config_dtype_takes_the_command_lines_short_names():
     assert load_config(_with(model={"preset": "tiny", "dtype": "fp32"})).model.dtype == "float32"
     with pytest.raises(ConfigError, match=r"model\.dtype: unknown dtype 'float64'"):
         load_config(_with(model={"preset": "tiny", "dtype": "float64"}))
+
+
+def _toml(world, out, **train):
+    m, cache = world["models"], world["root"] / "cache"
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in train.items())
+    return f"""
+[model]
+preset = "tiny"
+preset_overrides = {{joint_attention_dim = 64}}
+vae = {json.dumps(m["vae"])}
+text_encoder = {json.dumps(m["text_encoder"])}
+[data]
+path = {json.dumps(world["data"])}
+area = 4096
+batch_size = 2
+cache_dir = {json.dumps(str(cache))}
+[train]
+mode = "pretrain"
+{extra}[optimizer]
+lr = 1e-3
+[output]
+dir = {json.dumps(str(out))}
+save_every = 1
+keep_last = 2
+[logging]
+tensorboard = false
+progress = false
+"""
+
+
+def test_a_diverging_resumed_run_keeps_the_good_checkpoints(world, tmp_path, capsys):
+    """Issue 23 item 1: two good steps saved, then resumed at lr 1e30. No exploded or non-finite step may be saved,
+    and keep_last rotation must not delete the good checkpoints."""
+    from safetensors.torch import load_file
+
+    toml, out = tmp_path / "c.toml", tmp_path / "out"
+    toml.write_text(_toml(world, out, steps=2))
+    assert main(["train", str(toml)]) == 0
+    ckpts = out / "checkpoints"
+    good = {n: load_file(ckpts / n / "weights.safetensors") for n in os.listdir(ckpts)}
+    assert sorted(good) == ["step-00000001", "step-00000002"]
+    capsys.readouterr()
+    rc = main(["train", str(toml), "--resume", "auto", "--set", "optimizer.lr=1e30", "train.steps=8"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "error:" in err, err
+    assert sorted(os.listdir(ckpts)) == sorted(good), os.listdir(ckpts)
+    for n, weights in good.items():
+        again = load_file(ckpts / n / "weights.safetensors")
+        assert all(torch.equal(again[k], v) for k, v in weights.items())
+    assert "step-00000002" in err and "intact" in err, err
+
+
+def test_a_fifo_a_folder_or_a_deep_value_as_config_is_one_error_exit_2(tmp_path, capsys):
+    """Issue 23 item 8: a FIFO as the config hung, a folder exited 1, deep nesting gave a RecursionError traceback."""
+    os.mkfifo(tmp_path / "fifo.toml")
+    (tmp_path / "folder.toml").mkdir()
+    (tmp_path / "deep.toml").write_text("[model]\npreset_overrides = {x = " + "[" * 100_000 + "]" * 100_000 + "}\n")
+    ok = tmp_path / "ok.toml"
+    ok.write_text('[model]\npreset = "tiny"\n[data]\npath = "d"\n[train]\nmode = "pretrain"\n')
+    cases = [([str(tmp_path / "fifo.toml")], r"fifo\.toml: config file is a FIFO, not a regular file"),
+             ([str(tmp_path / "folder.toml")], r"folder\.toml: config file is a folder, not a regular file"),
+             ([str(tmp_path / "deep.toml")], r"deep\.toml: a value is nested too deeply"),
+             ([str(ok), "--set", "model.preset_overrides=" + "[" * 5000 + "]" * 5000], r"ok\.toml: .*nested too")]
+    import re
+
+    def attempt():
+        for args, message in cases:
+            assert main(["train", *args]) == 2, args
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and re.search(message, err), err
+        return True
+    assert _without_hanging(attempt, [tmp_path / "fifo.toml"])

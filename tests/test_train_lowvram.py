@@ -281,3 +281,23 @@ def test_plan_memory_model_and_refusals(official):
     assert "on the CPU" in make_plan(official, 24, encoder_bytes=16 * GiB).describe()
     # without checkpointing every block keeps its activations: far more than with it
     assert sum(estimate(official, True, 0, False).values()) > sum(q.values()) + 20 * GiB
+
+
+def test_fp8_and_full_precision_bases_start_from_the_same_adapters(world, tmp_path):
+    """Issue 25: the adapters were initialised again on an fp8 base (other values, and the generator consumed).
+    Same seed: the same starting adapters whatever the base's precision; after training, the adapters differ only
+    by what the base's e4m3 rounding moved."""
+    runs = {k: Trainer(_config(world, tmp_path / k, fp8_base=k)) for k in ("off", "on")}
+    assert isinstance(runs["on"].unwrapped.transformer_blocks[0].attn.to_q.base_layer, FP8Linear)
+    assert not isinstance(runs["off"].unwrapped.transformer_blocks[0].attn.to_q.base_layer, FP8Linear)
+    start = {k: {n: p.detach().clone() for n, p in t.params.items()} for k, t in runs.items()}
+    assert start["on"].keys() == start["off"].keys()
+    assert all(torch.equal(start["on"][n], start["off"][n]) for n in start["off"])
+    losses = {k: t.run()["losses"] for k, t in runs.items()}
+    # the losses (and so the gradients' source) within e4m3's relative step; the adapters too, though Adam's
+    # sign-like first steps move a small gradient element as far as a large one, so single updates differ more
+    assert all(abs(a - b) < E4M3_REL * abs(b) for a, b in zip(losses["on"], losses["off"])), losses
+    flat = {k: torch.cat([t.params[n].detach().flatten() for n in sorted(t.params)]) for k, t in runs.items()}
+    first = torch.cat([start["off"][n].flatten() for n in sorted(start["off"])])
+    assert not torch.equal(flat["on"], flat["off"]) and not torch.equal(flat["off"], first)
+    assert _rel(flat["on"], flat["off"]) < E4M3_REL

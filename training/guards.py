@@ -1,5 +1,6 @@
 """Guards that stop a run with a clear message instead of training on, or writing, numbers that are not numbers:
-a loss that stays non-finite, and non-finite weights about to be checkpointed or exported."""
+a loss or gradient that stays non-finite, an update that blows the weights up, and non-finite weights about to
+be checkpointed or exported."""
 from __future__ import annotations
 
 import math
@@ -36,14 +37,31 @@ class LossGuard:
     def __init__(self, limit: int):
         self.limit, self.bad = limit, 0
 
-    def ok(self, loss: float, step: int) -> bool:
-        """True: take the optimiser step. False: skip it. Raises TrainingStopped at the limit."""
+    def ok(self, loss: float, step: int, what: str = "loss") -> bool:
+        """True: take the optimiser step. False: skip it. Raises TrainingStopped at the limit. `what`: the loss,
+        or the gradient norm (a finite loss can still give an inf/NaN gradient)."""
         if math.isfinite(loss):
             self.bad = 0
             return True
         self.bad += 1
         if self.bad >= self.limit:
-            raise TrainingStopped(f"the loss was {loss} for {self.bad} step(s) in a row (up to step {step}); "
+            raise TrainingStopped(f"the {what} was {loss} for {self.bad} step(s) in a row (up to step {step}); "
                                   f"stopping (train.max_nonfinite_steps = {self.limit}). Lower optimizer.lr, use "
                                   "bf16 rather than fp16, or check the data; checkpoints already written are intact")
         return False
+
+
+EXPLODED = 10.0  # one optimiser step never multiplies the trained weights' norm by this much in a healthy run
+
+
+def check_update(before: float, after: float, step: int, newest: str | None) -> None:
+    """Stop the run when optimiser step `step` made the trained weights non-finite, or multiplied their norm by
+    more than EXPLODED (lr 1e30 gave finite weights of 1e30, which were saved, and keep_last then rotated the good
+    checkpoints out). The step cannot be undone, so nothing after it may be written. `newest`: the newest
+    checkpoint on disk, named as intact."""
+    if math.isfinite(after) and after <= EXPLODED * before + 1e-6:
+        return
+    kept = f"the newest checkpoint {newest} is intact" if newest else "no checkpoint was written"
+    raise TrainingStopped(f"step {step} took the trained weights' norm from {before:.4g} to {after:.4g} (the "
+                          f"training diverged; lower optimizer.lr or check the data); stopping before anything of "
+                          f"it is saved; {kept}")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..qwenimage_core.checkpoint import load_transformer, save_comfyui_transformer, save_transformer
 from ..qwenimage_core.config import preset
-from ..qwenimage_core.fp8 import FP8Linear
+from ..qwenimage_core.fp8 import FP8_DTYPES, FP8Linear
 from ..qwenimage_core.images import save_png
 from ..qwenimage_core.lora import save_lora
 from ..qwenimage_core.offload import BlockSwap
@@ -27,11 +27,11 @@ from ..qwenimage_core.transformer import QwenImageTransformer
 from .data.buckets import BucketBatchSampler, category_weights
 from .data.cache import CachedDataset, CacheSettings, build_cache, collate, missing
 from .data.caption_dropout import build_empty, drop_captions, empty_cache_path, load_empty
-from .checkpointing import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpointing import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .config import Config, ConfigError, trains_lora
 from .data.dataset import load_samples
 from .data.preferences import PairDataset, as_pairs, load_pairs, pair_samples
-from .guards import LossGuard, check_finite
+from .guards import LossGuard, check_finite, check_update
 from .memory_plan import plan_for_config
 from .objectives import ONLINE_MODES, VAE_MODES, build_objective
 from .vae_run import build_vae, evaluate, export_vae, heldout, vae_stage_data, write_metrics
@@ -85,13 +85,18 @@ def base_weight_dtype(plan, dtype):
 
 
 def adapters_off_fp8(model, dtype) -> None:
-    """peft gives an adapter its base layer's dtype, which on an fp8 base is fp8: such adapters move to the model
-    dtype and are initialised again there (A random, B zero), so they train in full precision."""
+    """Adapters on an fp8 base train in `dtype`. peft gives an adapter its base layer's dtype, which for an
+    FP8Linear is its compute dtype (peft reads `compute_dtype`, as for bitsandbytes layers): the adapters then hold
+    the values peft drew, as on a full-precision base with the same seed. They are never initialised again (that
+    drew other values, and consumed the generator). Only a peft that cast them to fp8 itself leaves nothing to keep:
+    those are initialised again, in `dtype`."""
     for m in model.modules():
         if isinstance(getattr(m, "base_layer", None), FP8Linear) and "default" in getattr(m, "lora_A", {}):
+            rounded = m.lora_A["default"].weight.dtype in FP8_DTYPES
             m.lora_A.to(dtype)
             m.lora_B.to(dtype)
-            m.reset_lora_parameters("default", True)
+            if rounded:
+                m.reset_lora_parameters("default", True)
 
 
 def trainable(model) -> dict[str, torch.nn.Parameter]:
@@ -266,7 +271,7 @@ class Trainer:
         self.metrics: dict = {}           # VAE modes: PSNR/SSIM on the held-out images, before and after
         self.loss_guard = LossGuard(cfg.train.max_nonfinite_steps)
         self.ckpt_dir = os.path.join(cfg.output.dir, "checkpoints")
-        self._heldout = None
+        self._heldout, self._norm = None, None  # _norm: the trained weights' norm after the last update
 
     def block_swap(self):
         """The plan's swapped blocks stream from (pinned) CPU memory through forward and backward (core BlockSwap)."""
@@ -306,12 +311,21 @@ class Trainer:
         st = ck["state"]
         self.step, self.stage_index, self.stage_step = st["step"], st["stage"], st["stage_step"]
         self.sampler_state, self.losses = st["sampler"], list(st["losses"])
-        self.metrics = st.get("metrics", {})
+        self.metrics, self._norm = st.get("metrics", {}), None
         if ck.get("objective"):
             self.objective.load_state_dict(ck["objective"])
         log.info("resumed from %s at step %d", path, self.step)
 
     # -- the loop -----------------------------------------------------------------------------------------
+    def weights_norm(self) -> float:
+        """The trained weights' L2 norm, for check_update. Summed over processes: replicas scale it by a constant
+        (which a ratio of two norms ignores), shards add up to the whole."""
+        dtype = torch.float32 if self.acc.device.type == "mps" else torch.float64  # 1e30 weights square past fp32
+        total = torch.zeros((), dtype=dtype, device=self.acc.device)
+        for p in self.params.values():
+            total += torch.linalg.vector_norm(p.detach(), dtype=dtype).square().to(total.device)
+        return self.acc.reduce(total.reshape(1), "sum").item() ** 0.5
+
     def train_step(self, it, dataset, lr: float) -> float:
         cfg, acc = self.cfg, self.acc
         for g in self.optimizer.param_groups:
@@ -339,10 +353,15 @@ class Trainer:
             total += loss.detach()
         mean = acc.reduce(total.reshape(1), "mean").item()  # the same on every process: all skip, or none
         applied = self.loss_guard.ok(mean, self.step + 1)  # an inf/NaN loss: no update (and a stop after a few)
+        if applied and cfg.train.max_grad_norm > 0:  # a finite loss may still give inf/NaN gradients
+            norm = acc.clip_grad_norm_(list(self.params.values()), cfg.train.max_grad_norm)
+            applied = self.loss_guard.ok(float(norm), self.step + 1, "gradient norm")
         if applied:
-            if cfg.train.max_grad_norm > 0:
-                acc.clip_grad_norm_(list(self.params.values()), cfg.train.max_grad_norm)
+            before = self.weights_norm() if self._norm is None else self._norm
             self.optimizer.step()
+            self._norm = self.weights_norm()
+            newest = list_checkpoints(self.ckpt_dir)
+            check_update(before, self._norm, self.step + 1, newest[-1] if newest else None)
         self.optimizer.zero_grad(set_to_none=True)
         self.objective.end_step(applied)  # e.g. the discriminator's own step
         if self.ema is not None and math.isfinite(mean):
