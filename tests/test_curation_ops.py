@@ -5,6 +5,7 @@ images that must pass."""
 import glob
 import io
 import json
+import os
 import struct
 import zlib
 
@@ -403,10 +404,35 @@ def test_caption_length_counts_qwen_tokens(photo):
     long = "word " * 1500
     recs = run("caption_length", item(photo, "a", short), item(photo, "b", ""), item(photo, "c", None),
                item(photo, "d", long), item(photo, "e", "一只红色的狐狸坐在雪地里。"))
-    assert recs[0].stats["caption_tokens"] == len(tokenizer()(short, add_special_tokens=False)["input_ids"]) == 8
+    assert recs[0].stats["caption_tokens"] == len(tokenizer().encode(short, add_special_tokens=False).ids) == 8
     assert recs[0].dropped is None and recs[4].dropped is None and 3 < recs[4].stats["caption_tokens"] < 13
     assert recs[1].dropped == recs[2].dropped == "caption_length: caption_tokens=0 outside [1, 1024]"
     assert recs[3].stats["caption_tokens"] > 1024 and recs[3].dropped.startswith("caption_length: caption_tokens=")
+
+
+def test_caption_tokenizer_counts_as_the_text_encoder_without_loading_transformers():
+    """caption_length's tokenizer is built from the shipped vocab.json + merges.txt with the tokenizers library (as
+    transformers' Qwen2 converter builds it): the same ids as the text encoder's, without importing transformers
+    and torch (~6 s of start-up per worker)."""
+    import subprocess
+    import sys
+
+    from qwenimage.qwenimage_core.text_encoder import bundled_tokenizer_dir, load_tokenizer
+    from qwenimage.training.data.curation.ops.captions import BUNDLED_TOKENIZER
+
+    assert os.path.samefile(BUNDLED_TOKENIZER, bundled_tokenizer_dir())
+    ref = load_tokenizer(bundled_tokenizer_dir())
+    texts = ["A red fox sitting in the snow.", "复杂文本渲染 Complex Rendering", "Hello   world!\n\nNew\tline",
+             "It's 12345 o'clock, we'll see", "<|im_start|>user\nhi<|im_end|>", "Café crème — naïve façade",
+             "東京タワー 🗼 😀👍", "  leading spaces ", "ｆｕｌｌ－ｗｉｄｔｈ", "e\u0301 combining", "数字123和English混合ABC",
+             'a sign that says "OPEN 24h" and 「欢迎光临」', "url https://example.com/a?b=1&c=2", ""]
+    for text in texts:
+        assert tokenizer().encode(text, add_special_tokens=False).ids == ref(text, add_special_tokens=False)[
+            "input_ids"], text
+    code = ("import sys\nfrom qwenimage.training.data.curation.ops.captions import tokenizer\n"
+            "tokenizer().encode('a cat')\nprint('HEAVY', sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out, out
 
 
 def test_invalid_captions_are_dropped_naming_the_pattern(photo):

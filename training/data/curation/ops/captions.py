@@ -3,9 +3,12 @@ the refusals and apologies a captioning model writes instead of a caption ("Sorr
 from __future__ import annotations
 
 import functools
+import json
+import os
 import re
 import unicodedata
 
+from ..... import qwenimage_core   # the package only (its modules load on use): for the tokenizer's folder
 from ..op import Item, Op, OpError, register
 
 # Qwen-Image's prompt budget: qwenimage_core.text_encoder.TOKENIZER_MAX_LENGTH (not imported: that module loads
@@ -13,11 +16,43 @@ from ..op import Item, Op, OpError, register
 MAX_PROMPT_TOKENS = 1024
 
 
+# The tokenizer folder shipped in the package: qwenimage_core.text_encoder.bundled_tokenizer_dir() (a test checks
+# they agree), named here because importing that module would load torch and transformers.
+BUNDLED_TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(qwenimage_core.__file__)), "qwen25_tokenizer")
+# Qwen2's pre-tokenizer split, as transformers builds its fast tokenizer from vocab.json + merges.txt
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")
+
+
 @functools.lru_cache(maxsize=2)
 def tokenizer(path: str | None = None):
-    """The Qwen2.5 tokenizer shipped in the package (or the one in `path`), loaded once per process (~1 s)."""
-    from .....qwenimage_core.text_encoder import bundled_tokenizer_dir, load_tokenizer
-    return load_tokenizer(path or bundled_tokenizer_dir())
+    """The Qwen2.5 tokenizer shipped in the package (or the one in folder `path`), loaded once per process, as a
+    `tokenizers.Tokenizer`: the same ids as the text encoder's transformers tokenizer (which wraps this one), built
+    the way transformers' Qwen2 converter builds it, in ~1 s instead of ~6 s of importing transformers and torch
+    and converting. `tokenizer().encode(text, add_special_tokens=False).ids` counts a caption."""
+    from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+    folder = path or BUNDLED_TOKENIZER
+    try:
+        if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+            return Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+        tok = Tokenizer(models.BPE.from_file(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"),
+                                             unk_token=None, fuse_unk=False, byte_fallback=False))
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as fh:
+            added = json.load(fh).get("added_tokens_decoder", {})
+    except Exception as e:   # a folder without the files, a malformed vocabulary
+        raise OpError(f"op 'caption_length': tokenizer {folder}: cannot be loaded ({type(e).__name__}: {e})") from None
+    specs = [added[k] for k in sorted(added, key=int)]
+    tokens = [AddedToken(t["content"], single_word=t.get("single_word", False), lstrip=t.get("lstrip", False),
+                         rstrip=t.get("rstrip", False), normalized=t.get("normalized", False),
+                         special=t.get("special", False)) for t in specs]
+    tok.add_special_tokens([t for t in tokens if t.special])
+    tok.add_tokens([t for t in tokens if not t.special])
+    return tok
 
 
 @register("caption_length")
@@ -36,7 +71,7 @@ class CaptionLength(Op):
 
     def compute(self, item: Item) -> dict:
         text = item.caption or ""
-        n = len(tokenizer(self.tokenizer_path)(text, add_special_tokens=False)["input_ids"]) if text else 0
+        n = len(tokenizer(self.tokenizer_path).encode(text, add_special_tokens=False).ids) if text else 0
         return {"caption_tokens": n}
 
 
