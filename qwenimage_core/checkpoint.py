@@ -13,9 +13,11 @@ import os
 import torch
 import torch.nn as nn
 
+from .checkpoint21 import FAMILY_21, config21_dims, infer_config21, is_config21, transformer_family, unfuse
 from .config import TransformerConfig
 from .fp8 import FP8_DTYPES, SCALE_SUFFIXES, is_quant_key, quant_format, quantize, swap_to_fp8
 from .transformer import QwenImageTransformer
+from .transformer21 import QwenImage21Transformer, Transformer21Config
 from .weights import (CheckpointError, SafetensorsFile, assign_weights, block_count, check_config_fits,
                       check_parameter_count, load_json, open_checkpoint_files, save_file_atomic)
 
@@ -106,7 +108,7 @@ def infer_transformer_config(shapes: dict[str, tuple], markers=()) -> Transforme
     dim, in_ch = need("img_in.weight")
     head_dim = need("transformer_blocks.0.attn.norm_q.weight")[0]
     patch = 2
-    axes = (16, 56, 56) if head_dim == 128 else _scaled_axes(head_dim)
+    axes = rope_axes(head_dim)
     flags = {MARKERS[m]: True for m in markers if m in MARKERS}
     return TransformerConfig(
         patch_size=patch, in_channels=in_ch, out_channels=need("proj_out.weight")[0] // patch ** 2,
@@ -115,9 +117,17 @@ def infer_transformer_config(shapes: dict[str, tuple], markers=()) -> Transforme
         use_additional_t_cond="time_text_embed.addition_t_embedding.weight" in shapes, **flags)
 
 
-def check_transformer_config(config: TransformerConfig, sources: dict) -> None:
+def check_transformer_config(config: TransformerConfig | Transformer21Config, sources: dict) -> None:
     """The config (config.json, file metadata or the caller's) against the weights' shapes, before building."""
     c = config
+    family = transformer_family(sources)
+    if family is not None and (family == FAMILY_21) != isinstance(c, Transformer21Config):
+        where = next(iter(sources.values()))[0].path
+        raise CheckpointError(f"{where}: the weights are a {family}, the config ({type(c).__name__}) is the other model's")
+    if isinstance(c, Transformer21Config):
+        check_config_fits("transformer", sources, dims=config21_dims(c),
+                          counts=[("transformer_blocks.", "num_layers", c.num_layers)])
+        return check_parameter_count("transformer", sources, parameter_count(c))
     check_config_fits("transformer", sources, dims=[
         ("img_in.weight", 0, "num_attention_heads x attention_head_dim", c.inner_dim),
         ("img_in.weight", 1, "in_channels", c.in_channels),
@@ -128,13 +138,27 @@ def check_transformer_config(config: TransformerConfig, sources: dict) -> None:
     check_parameter_count("transformer", sources, parameter_count(config))
 
 
-def parameter_count(config: TransformerConfig) -> int:
+def parameter_count(config: TransformerConfig | Transformer21Config) -> int:
     """The parameters of the model `config` describes, counted on one block built on the meta device (building
     all of them is what a bound on the count must avoid)."""
     with torch.device("meta"):
-        one = QwenImageTransformer(config.replace(num_layers=1))
+        one = model_class(config)(config.replace(num_layers=1))
     block = sum(p.numel() for p in one.transformer_blocks[0].parameters())
     return sum(p.numel() for p in one.parameters()) + (config.num_layers - 1) * block
+
+
+def model_class(config):
+    return QwenImage21Transformer if isinstance(config, Transformer21Config) else QwenImageTransformer
+
+
+def parse_transformer_config(d: dict) -> TransformerConfig | Transformer21Config:
+    """A transformer config.json (or file metadata) of either model, told apart by its class name and fields."""
+    return Transformer21Config.from_dict(d) if is_config21(d) else TransformerConfig.from_dict(d)
+
+
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """The rotary split a file without a config implies: the official one for 128-wide heads (both models)."""
+    return (16, 56, 56) if head_dim == 128 else _scaled_axes(head_dim)
 
 
 def _scaled_axes(head_dim: int) -> tuple[int, int, int]:
@@ -146,14 +170,15 @@ def _scaled_axes(head_dim: int) -> tuple[int, int, int]:
 
 # ------------------------------------------------------------------------------------------------- transformer
 
-def transformer_sources(path: str, config: TransformerConfig | None = None):
-    """(config, {model name: (file, key)}, ignored marker names) for a transformer at `path`."""
+def transformer_sources(path: str, config: TransformerConfig | Transformer21Config | None = None):
+    """(config, {model name: (file, key)}) for a transformer at `path`: the 20B MMDiT or the 2.1 DiT, told
+    apart by their keys (checkpoint21.transformer_family) or a folder's config.json."""
     path = os.fspath(path)
     if os.path.isdir(path):
         folder = component_folder(path, "transformer")
         if folder is None:
             raise CheckpointError(f"{path}: not a diffusers model folder: no transformer/config.json or config.json")
-        return folder_sources(folder, config, TransformerConfig.from_dict)
+        return folder_sources(folder, config, parse_transformer_config)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file or folder")
     f = SafetensorsFile(path)
@@ -162,23 +187,30 @@ def transformer_sources(path: str, config: TransformerConfig | None = None):
     prefix, names = found if found else ("", keys)
     sources = {n: (f, prefix + n) for n in names}
     markers = [n for n in names if n in MARKERS]
+    family = transformer_family(names)
+    if family is None:
+        raise CheckpointError(f"{path}: not a Qwen-Image transformer (no txt_norm.weight (20B) or "
+                              f"txt_in.text_norm.weight (2.1){' under ' + prefix if prefix else ''})")
+    if family == FAMILY_21:
+        sources = unfuse(sources)
     if config is None:
         meta = f.metadata_json("config")
         try:
-            config = (TransformerConfig.from_dict(meta) if isinstance(meta, dict) else
+            config = (parse_transformer_config(meta) if isinstance(meta, dict) else
+                      infer_config21({n: s.shape(k) for n, (s, k) in sources.items()}, rope_axes)
+                      if family == FAMILY_21 else
                       infer_transformer_config({n: f.shape(prefix + n) for n in names}, markers))
         except (TypeError, ValueError) as e:  # CheckpointError included: say which file
             raise CheckpointError(f"{path}: {e}" if not str(e).startswith(path) else str(e)) from None
-        if isinstance(meta, dict):
+        if isinstance(meta, dict) and markers:
             config = config.replace(**{MARKERS[m]: True for m in markers})
-    if "txt_norm.weight" not in sources:
-        raise CheckpointError(f"{path}: not a Qwen-Image transformer (no txt_norm.weight{' under ' + prefix if prefix else ''})")
     return config, sources
 
 
 def load_transformer(path, device=None, dtype=None, config: TransformerConfig | None = None,
-                     weight_dtype=None) -> QwenImageTransformer:
-    """Load the MMDiT from a diffusers folder (model or `transformer/` folder) or a ComfyUI single file.
+                     weight_dtype=None) -> QwenImageTransformer | QwenImage21Transformer:
+    """Load the 20B MMDiT or the 2.1 DiT from a diffusers folder (model or `transformer/` folder) or a ComfyUI
+    single file.
 
     dtype: the compute dtype, default the stored one (bfloat16 for fp8 files). weight_dtype: None keeps fp8
     weights of an fp8 file in fp8 (up-cast per layer at run time); torch.float8_e4m3fn also quantises the
@@ -197,7 +229,7 @@ def load_transformer(path, device=None, dtype=None, config: TransformerConfig | 
         stored = f.dtype(key) or torch.float32
         dtype = torch.bfloat16 if stored in FP8_DTYPES else stored
     with torch.device("meta"):
-        model = QwenImageTransformer(config)
+        model = model_class(config)(config)
     linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     if weight_dtype is None:
         fp8_modules = stored_fp8 & linears

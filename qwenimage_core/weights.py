@@ -119,6 +119,31 @@ class SafetensorsFile:
         return f"SafetensorsFile({self.path!r}, {len(self.infos)} tensors)"
 
 
+class RowChunk:
+    """One of `parts` equal row blocks of a file's tensors, read as a tensor of its own (a view: no copy): how a
+    fused weight (ComfyUI's SwiGLU `gate_up`) is loaded into separate layers. Stands in for the file in sources."""
+
+    def __init__(self, file: SafetensorsFile, index: int, parts: int):
+        self.file, self.index, self.parts = file, index, parts
+        self.path = file.path
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        rows, *rest = self.file.shape(key)
+        if rows % self.parts:
+            raise CheckpointError(f"{self.path}: fused tensor {key!r} has {rows} rows, not {self.parts} equal parts")
+        return (rows // self.parts, *rest)
+
+    def dtype(self, key: str) -> torch.dtype | None:
+        return self.file.dtype(key)
+
+    def get(self, key: str) -> torch.Tensor:
+        self.shape(key)
+        return self.file.get(key).chunk(self.parts)[self.index]
+
+    def done_with(self, tensor: torch.Tensor) -> None:
+        self.file.done_with(tensor)
+
+
 def _read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse and check the header ourselves: safetensors' own errors do not say which file was bad."""
     if not os.path.isfile(path):

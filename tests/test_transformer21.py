@@ -5,8 +5,13 @@ import pytest
 import torch
 from _util import rel_err
 
+from qwenimage.cli import main
+from qwenimage.qwenimage_core import QwenImageTransformer, load_transformer, preset
+from qwenimage.qwenimage_core.checkpoint21 import FAMILY_20B, FAMILY_21, transformer_family
+from qwenimage.qwenimage_core.fp8 import FP8Linear, quantize
 from qwenimage.qwenimage_core.positions21 import build_layout
-from qwenimage.qwenimage_core.transformer21 import PRESETS21, QwenImage21Transformer
+from qwenimage.qwenimage_core.transformer21 import PRESETS21, QwenImage21Transformer, Transformer21Config
+from qwenimage.qwenimage_core.weights import save_file_atomic
 
 diffusers = pytest.importorskip("diffusers")
 TOL = 1e-5
@@ -118,3 +123,85 @@ def test_bad_layouts_are_named(pair):
         ours(**{**kw, "img_shapes": [[(1, 4, 4), (1, 4, 4)]]}, timestep=torch.tensor(t))
     with pytest.raises(ValueError, match="kv_cache"):
         ours(**kw, timestep=torch.tensor(t), kv_cache_mode="cached")
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+
+def reference_like(cfg, seed=0):
+    torch.manual_seed(seed)
+    ref = diffusers.QwenImage21Transformer2DModel(**{k: v for k, v in cfg.to_dict().items() if k != "_class_name"})
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.3)
+    return ref.eval()
+
+
+def test_diffusers_folder_loads_and_matches(tmp_path, pair):
+    ref, _ = pair
+    ref.save_pretrained(tmp_path / "transformer")
+    ours = load_transformer(str(tmp_path), dtype=torch.float32)
+    assert isinstance(ours, QwenImage21Transformer) and ours.config == CFG
+    kw, t = CASES["two_references"]
+    with torch.no_grad():
+        assert rel_err(ours(**kw, timestep=torch.tensor(t)), ref(**kw, timestep=torch.tensor(t))[0]) <= TOL
+
+
+def comfy_state(ref, prefix="model.diffusion_model."):
+    """Comfy-Org's layout: the diffusers names under a prefix, gate and up projections fused (gate rows first)."""
+    state = {}
+    for k, v in ref.state_dict().items():
+        if k.endswith("img_mlp.gate_layer.weight"):
+            up = ref.state_dict()[k.replace("gate_layer", "proj")]
+            state[prefix + k.replace("gate_layer", "gate_up")] = torch.cat([v, up])
+        elif not k.endswith("img_mlp.proj.weight"):
+            state[prefix + k] = v
+    return state
+
+
+# 128-wide heads: a file without a config implies the official rotary split (16, 56, 56)
+COMFY_CFG = Transformer21Config(num_layers=2, num_attention_heads=1, context_in_dim=32, in_channels=8,
+                                out_channels=8)
+
+
+def test_comfyui_single_file_loads_and_matches(tmp_path, capsys):
+    ref = reference_like(COMFY_CFG)
+    path = tmp_path / "qwen_image_2.1_bf16.safetensors"
+    save_file_atomic(comfy_state(ref), path)
+    ours = load_transformer(str(path))
+    assert ours.config == COMFY_CFG and ours.dtype == torch.float32
+    g = torch.Generator().manual_seed(3)
+    kw = dict(hidden_states=torch.randn(1, 32, 8, generator=g), encoder_hidden_states=torch.randn(1, 6, 32, generator=g),
+              img_shapes=[[(1, 4, 4), (1, 4, 4)]], img_mask=torch.tensor([[False] + [True] * 4 + [False] + [True] * 4]))
+    with torch.no_grad():
+        assert rel_err(ours(**kw, timestep=torch.tensor([0.6])), ref(**kw, timestep=torch.tensor([0.6]))[0]) <= TOL
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"transformer: {FAMILY_21}, 27 tensors in 1 file(s)" in out  # 9 + 9 per block, gate_up read as two
+    assert "_class_name: QwenImage21Transformer2DModel" in out and "mlp_ratio: 3" in out
+
+
+def test_fp8_comfyui_file_keeps_the_fused_scale_on_both_halves(tmp_path):
+    ref = reference_like(COMFY_CFG)
+    state = comfy_state(ref, prefix="")
+    fused = "transformer_blocks.1.img_mlp.gate_up.weight"
+    state[fused], scale = quantize(state[fused])
+    state[fused.replace(".weight", ".weight_scale")] = scale
+    save_file_atomic(state, tmp_path / "qwen_image_2.1_fp8.safetensors")
+    ours = load_transformer(str(tmp_path / "qwen_image_2.1_fp8.safetensors"))
+    mlp = ours.transformer_blocks[1].img_mlp
+    assert isinstance(mlp.gate_layer, FP8Linear) and isinstance(mlp.proj, FP8Linear)
+    whole = state[fused].float() * scale
+    assert torch.equal(mlp.gate_layer.dequantized_weight(torch.float32), whole[:384])
+    assert torch.equal(mlp.proj.dequantized_weight(torch.float32), whole[384:])
+
+
+def test_family_is_told_by_the_keys(tmp_path, pair):
+    _, ours = pair
+    assert transformer_family(ours.state_dict()) == FAMILY_21
+    assert transformer_family(QwenImageTransformer(preset("tiny")).state_dict()) == FAMILY_20B
+    assert transformer_family({"img_in.weight": 0}) is None
+    # a 20B config beside 2.1 weights is named, not a list of missing keys
+    ref = reference_like(COMFY_CFG)
+    save_file_atomic(comfy_state(ref), tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match="2.1 DiT, the config .TransformerConfig. is the other model's"):
+        load_transformer(str(tmp_path / "m.safetensors"), config=preset("tiny"))

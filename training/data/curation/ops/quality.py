@@ -70,14 +70,18 @@ class Saturation(Op):
 
     def compute(self, item: Item) -> dict:
         hsv = cv2.cvtColor(item.rgb, cv2.COLOR_RGB2HSV)
-        return {"saturation": float(hsv[..., 1].mean()), "colourfulness": colourfulness(item.rgb)}
+        return {"saturation": float(hsv[..., 1].mean()), "colourfulness": colourfulness(np.asarray(item.small))}
 
 
 def colourfulness(rgb: np.ndarray) -> float:
-    """Hasler-Suesstrunk M of an RGB float image in [0, 1], on their 0..255 scale."""
-    r, g, b = (rgb[..., i] * 255.0 for i in range(3))
-    rg, yb = r - g, 0.5 * (r + g) - b
-    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
+    """Hasler-Suesstrunk M of a uint8 RGB image, on their 0..255 scale: rg = R - G, yb = (R + G) / 2 - B (as 2 yb,
+    in int16: exact, and ~4x quicker than a float colour transform). Global means and spreads: every other row and
+    column estimate them to well under 1%, at a quarter of the cost."""
+    x = rgb[::2, ::2].astype(np.int16)
+    rg, yb2 = x[..., 0] - x[..., 1], x[..., 0] + x[..., 1] - 2 * x[..., 2]
+    (m_rg,), (s_rg,) = cv2.meanStdDev(rg)
+    (m_yb,), (s_yb,) = cv2.meanStdDev(yb2)
+    return float(math.hypot(s_rg[0], s_yb[0] / 2) + 0.3 * math.hypot(m_rg[0], m_yb[0] / 2))
 
 
 @register("entropy")
@@ -113,7 +117,7 @@ class Texture(Op):
 class Compression(Op):
     """blockiness: JPEG's 8x8 block artefacts, as how much stronger the steps across the 8x8 grid's lines are than
     across any other line of the same period (`block_ratio`). ~1.0 is no grid: any PNG, a JPEG at quality >= 80
-    (0.72..1.28), noise, and textures of any period but 8 (stripes, checks, fabric) alike; heavy compression scores
+    (0.70..1.28), noise, and textures of any period but 8 (stripes, checks, fabric) alike; heavy compression scores
     1.4..4 on photos at quality 10 (finely textured ones hide their blocks: grass 1.32), 1.9..4.5 on smoother
     pictures, where blocks show the most. Read on the stored pixels (the grid vanishes once resized), in a centred
     crop of at most `crop` (512) pixels a side: 4096 blocks are plenty. The default keeps up to 1.35: above every
@@ -150,23 +154,27 @@ def block_ratio(g: np.ndarray) -> float:
     Calibration, PIL's encoder at its default 4:2:0 on the 14 photos that ship with scikit-image 0.26 and
     scikit-learn 1.9 (astronaut, camera, chelsea, coffee, rocket, retina, flower, china, brick, grass, ...), on
     procedural pictures with noise 2..20 (as in tests/test_curation_labelled.py) and on stripes and checks of
-    period 2..6: lossless 0.93..1.02; quality 90 0.88..1.10; quality 80 0.72..1.28 (the smooth, dark retina
+    period 2..6: lossless 0.93..1.02; quality 90 0.82..1.10; quality 80 0.70..1.28 (the smooth, dark retina
     photo the highest); quality 70 up to 1.8 (flat pictures); quality 20 1.05..4.2 on photos (9 of 14 over 1.35),
     1.7..2.8 on the others; quality 10 1.32..5.3 (13 of 14 photos over 1.35)."""
     h, w = g.shape
     if min(h, w) < 16:
         return 1.0   # not one whole block and its neighbour: nothing to compare
-    f = g.astype(np.float32)
-    dx = np.diff(f[: h // 8 * 8], axis=1).reshape(h // 8, 8, w - 1).mean(axis=1)        # down each block edge
-    dy = np.diff(f[:, : w // 8 * 8], axis=0).reshape(h - 1, w // 8, 8).mean(axis=2).T   # along each, transposed
-    return min(_phase_ratio(dx), _phase_ratio(dy))
+    g = g[: h // 8 * 8, : w // 8 * 8]
+    h, w = g.shape   # the sum of 8 steps is the step of the 8 pixels' sums: sum runs of 8 first (exact integers)
+    rows = g.reshape(h // 8, 8, w).sum(axis=1, dtype=np.int32)                          # down a block's rows
+    cols = cv2.transpose(g).reshape(w // 8, 8, h).sum(axis=1, dtype=np.int32)   # along its columns
+    return min(_phase_ratio(np.diff(rows, axis=1)), _phase_ratio(np.diff(cols, axis=1)))
 
 
 def _phase_ratio(d: np.ndarray) -> float:
-    """d[:, j] = signed step from column j to j + 1; the grid's lines are the steps from 8k - 1 to 8k."""
+    """d[:, j] = 8 x the signed step from column j to j + 1 (sums over 8 pixels); the grid's lines are the steps
+    from 8k - 1 to 8k."""
     k = (d.shape[1] - 7) // 8
     steps = np.abs(d[:, 7:7 + 8 * k]).reshape(-1, 8)      # column 0: across the grid; 1..7: the other phases
-    phases = np.minimum(steps, np.percentile(steps, 97)).mean(axis=0)   # capped: a few straight edges cannot
-    #                                                                     outweigh a phase's thousands of steps
-    eps = 0.1   # gray levels: a flat image (every phase ~0) reads as no grid rather than 0/0
+    sample = steps.ravel()[::3]   # the 97th percentile of a third of them is as good, at a third of the cost
+    cap = np.partition(sample, int(sample.size * 0.97))[int(sample.size * 0.97)]
+    phases = np.minimum(steps, cap, out=steps).sum(axis=0) / len(steps)   # capped: a few straight edges cannot
+    #                                                                       outweigh thousands of steps
+    eps = 0.8   # 0.1 gray levels, x 8: a flat image (every phase ~0) reads as no grid rather than 0/0
     return float((phases[0] + eps) / (phases[1:].max() + eps))
