@@ -205,3 +205,17 @@ def test_family_is_told_by_the_keys(tmp_path, pair):
     save_file_atomic(comfy_state(ref), tmp_path / "m.safetensors")
     with pytest.raises(ValueError, match="2.1 DiT, the config .TransformerConfig. is the other model's"):
         load_transformer(str(tmp_path / "m.safetensors"), config=preset("tiny"))
+
+
+def test_bfloat16_keeps_fp32_timestep_frequencies(tmp_path, pair):
+    """In bf16 ours equals the reference loaded with from_pretrained(torch_dtype=bf16), whose frequency buffer stays
+    fp32; the reference's `.to(bf16)` rounds the frequencies (its timestep embedding moves by whole units)."""
+    ref, _ = pair
+    ref.save_pretrained(tmp_path / "transformer")
+    want = diffusers.QwenImage21Transformer2DModel.from_pretrained(tmp_path / "transformer", torch_dtype=torch.bfloat16)
+    ours = load_transformer(str(tmp_path), dtype=torch.bfloat16)
+    kw, t = CASES["reference_padded_batch"]
+    kw = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()}
+    with torch.no_grad():
+        # 0.0 here; the bound leaves room for other kernels' bf16 rounding (the rounded frequencies give 0.67)
+        assert rel_err(ours(**kw, timestep=torch.tensor(t)), want.eval()(**kw, timestep=torch.tensor(t))[0]) < 1e-2
