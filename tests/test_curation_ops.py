@@ -376,6 +376,25 @@ def test_ocr_text_reads_the_language():
         == ["zh", "en", "other", "other", "none", "none"]
 
 
+def test_ocr_detects_on_a_640_px_copy_by_default(monkeypatch, photo):
+    """Detection costs what it sees: 960 x 720 at full size ran at ~2 images/s per core, on a 640 px copy at ~5
+    (bench/bench_curation.py, BENCHMARKS.md); the option still takes any side."""
+    from types import SimpleNamespace
+
+    from qwenimage.training.rewards import ocr
+
+    engines = []
+
+    def engine(**kw):
+        engines.append(kw)
+        return lambda im, **_: SimpleNamespace(boxes=None, txts=None, scores=None)
+
+    monkeypatch.setattr(ocr, "ocr_engine", engine)
+    run("ocr_text", item(photo))
+    run({"op": "ocr_text", "det_side_len": 1024}, item(photo))
+    assert [e["det_side_len"] for e in engines] == [640, 1024]
+
+
 def test_ocr_does_not_read_qr_codes_as_chinese():
     """The recognizer reads a QR code's modules as Han characters ('口', '品牌品', with scores up to 0.96): lines
     inside a code the QR detector finds are not text, so a photo with a QR code and no words reads "none"."""

@@ -18,6 +18,7 @@ BOX_SLOPE, BOX_PAD_PX = 1.25, 5.0
 # A squat "line" taller than half the image is the detector mistaking grain or a gradient for text (seen on grainy
 # photos: one box over most of the image); real lines are long, or lower (a one-word banner is long, not squat).
 MAX_LINE_SHARE, MIN_LINE_ASPECT = 0.5, 2.0
+DET_SIDE_LEN = 640      # the detection's long side: >= 4 images/s per core at 960 x 720 (the docstring's figures)
 MIN_LINE_SCORE = 0.5   # the recognizer's confidence under which a line is not counted (as the docstring says)
 
 
@@ -29,16 +30,19 @@ class OcrText(Op):
     with spaces), text_chars (its characters but spaces) and text_language ("zh", "en", "other"; "none" without
     text), and lines the recognizer cannot read (score < 0.5) are not counted; otherwise those are None
     (text_language is "none" still when nothing is found). Lines inside a QR code (abnormal.qr_regions) are
-    never counted: the recognizer reads its modules as Han characters. Defaults drop text-dense images (text_area > 0.5) and
-    glyphs under 8 px, too small to learn their shapes from (an image without text passes both). Options:
-    recognize (false), threads (1: the engines run a process per core), det_side_len (1024: detection scales
-    larger images down to it; 512 is ~4x faster but misses lines of glyphs under ~8 px in a 1024 px image)."""
+    never counted: the recognizer reads its modules as Han characters. Defaults drop text-dense images
+    (text_area > 0.5) and glyphs under 8 px, too small to learn their shapes from (an image without text passes
+    both). Options: recognize (false), threads (1: the engines run a process per core), det_side_len (640:
+    detection scales larger images down to it). The detector's cost goes with the pixels it sees: on 960 x 720
+    photos, one core took 473 ms at 1024 (no scaling), 284 at 736, 217 at 640 and 108 at 512 (bench/
+    bench_curation.py); what it misses grows the other way: at 640, lines of glyphs under ~5 px in the
+    detection's pixels (~7 px of a 960 px image) are not seen, so such an image reads as having no text."""
 
     stats = ("text_boxes", "text_area", "min_char_height", "text_chars", "text_language", "ocr_text")
     default_keep = {"text_area": (0.0, 0.5), "min_char_height": (8.0, INF)}
     TEXT_ONLY = ("min_char_height", "text_chars")   # undefined without text: their rules pass an image with none
 
-    def __init__(self, recognize: bool = False, threads: int = 1, det_side_len: int = 1024, **kw):
+    def __init__(self, recognize: bool = False, threads: int = 1, det_side_len: int = DET_SIDE_LEN, **kw):
         super().__init__(**kw)
         self.recognize = bool(recognize)
         needs = sorted(s for s in ("text_chars", "text_language", "ocr_text") if s in {*self.keep, *self.drop_if})
