@@ -61,7 +61,7 @@ class Saturation(Op):
     flower close-up) already reads 0.83, while its colourfulness jumps past 110. Measured on the colour photos that
     ship with scikit-image 0.26 and scikit-learn 1.9 (astronaut, chelsea, coffee, motorcycle, rocket, china, flower,
     retina, hubble, ihc): as shot 12..99 (retina the highest); Color(6.0) 118..197 (bar hubble_deep_field, a near-gray
-    star field: 47). The default keeps up to 110, just past the scale's "extremely colourful"; flat synthetic
+    star field: 54). The default keeps up to 110, just past the scale's "extremely colourful"; flat synthetic
     graphics in pure colours (logos, colour charts) score 110..135 and go too. Black-and-white photos are legitimate
     data (both ~0): set keep = {saturation = [0.05, 1]} to drop them."""
 
@@ -70,18 +70,15 @@ class Saturation(Op):
 
     def compute(self, item: Item) -> dict:
         hsv = cv2.cvtColor(item.rgb, cv2.COLOR_RGB2HSV)
-        return {"saturation": float(hsv[..., 1].mean()), "colourfulness": colourfulness(np.asarray(item.small))}
+        return {"saturation": float(hsv[..., 1].mean()), "colourfulness": colourfulness(item.rgb)}
 
 
 def colourfulness(rgb: np.ndarray) -> float:
-    """Hasler-Suesstrunk M of a uint8 RGB image, on their 0..255 scale: rg = R - G, yb = (R + G) / 2 - B (as 2 yb,
-    in int16: exact, and ~4x quicker than a float colour transform). Global means and spreads: every other row and
-    column estimate them to well under 1%, at a quarter of the cost."""
-    x = rgb[::2, ::2].astype(np.int16)
-    rg, yb2 = x[..., 0] - x[..., 1], x[..., 0] + x[..., 1] - 2 * x[..., 2]
-    (m_rg,), (s_rg,) = cv2.meanStdDev(rg)
-    (m_yb,), (s_yb,) = cv2.meanStdDev(yb2)
-    return float(math.hypot(s_rg[0], s_yb[0] / 2) + 0.3 * math.hypot(m_rg[0], m_yb[0] / 2))
+    """Hasler-Suesstrunk M of a float RGB image in [0, 1], on their 0..255 scale. Global means and spreads: every
+    4th row and column (~15,000 pixels of the analysis image) estimate them to within ~1%, at 1/16 of the cost."""
+    x = rgb[::4, ::4].reshape(-1, 3) * 255.0
+    rg, yb = x[:, 0] - x[:, 1], 0.5 * (x[:, 0] + x[:, 1]) - x[:, 2]
+    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
 
 
 @register("entropy")
