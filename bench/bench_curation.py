@@ -5,8 +5,8 @@ default, the issue's labelled set's size):
 1. decode + the cheap statistics + hashing, one process on one core: images/s per core, and ms per op (the engine
    runs one such process per core, and a shard never depends on another, so the run scales by cores);
 2. OCR text detection (the ocr_text op at its default detection side, and at 1024; then with recognition);
-3. the same cheap pipeline through `curate()` end to end (sources, shards, outputs, report) with the local pool at
-   1 and 2 workers and on Ray (2 CPUs): wall time, and Ray's start-up timed apart.
+3. the same cheap pipeline through `curate()` end to end (sources, shards cut by default, outputs, report) with the
+   local pool at 1 and 2 workers and on Ray (2 CPUs): wall time, and Ray's start-up timed apart.
 
 Per-core figures are images per second of this process's CPU time (time.process_time, one thread everywhere), so
 they hold on a machine other jobs share; wall-clock figures are given beside them.
@@ -139,7 +139,7 @@ def main():
     for k, (name, kw) in enumerate(runs):
         out = os.path.join(tmp, f"out{k}")
         t = time.perf_counter()
-        engine.curate([raw], out, cheap, shard_size=8, progress=False, **kw)
+        engine.curate([raw], out, cheap, progress=False, **kw)   # the default cut: shards for every worker
         dt = time.perf_counter() - t
         manifests.add(open(os.path.join(out, "manifest.jsonl"), "rb").read())
         print(f"curate(), {name}: {dt:.2f} s, {a.n / dt:.1f} images/s")
