@@ -11,8 +11,10 @@ def _config(a):
 
 
 def cmd_train(a) -> int:
+    from .progress import console_logging
     from .trainer import Trainer
 
+    console_logging()  # the trainer's info lines: RL iterations, held-out reward, evaluation
     result = Trainer(_config(a)).run(resume=a.resume)
     if result.get("outputs"):
         print("\n".join(f"{k}: {v}" for k, v in result["outputs"].items()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -127,7 +128,8 @@ class VAETrainConfig:
 @dataclass
 class DPOConfig:
     """train.mode = "dpo": Flow-DPO on preference pairs (data.path: a JSONL of pairs or scored groups)."""
-    beta: float = 100.0               # Flow-DPO's default (on per-sample mean squared errors); Diffusion-DPO: 5000
+    beta: float = 2.0                 # on per-sample mean squared errors; Flow-DPO's 100 saturates the loss in a few
+                                      # steps (training/objectives/dpo.py says why); Diffusion-DPO: 5000
 
 
 @dataclass
@@ -478,5 +480,8 @@ def load_raw(source, overrides=()) -> dict:
 
 
 def load_config(source, overrides=()) -> Config:
-    """A Config from a TOML file path (or a dict), with overrides applied, validated."""
-    return validate(_build(Config, load_raw(source, overrides), ""))
+    """A Config from a TOML file path (or a dict), with overrides applied, validated. `cfg.folder`: the file's
+    folder ("" for a dict), where `module:function` reward plugins are looked for too."""
+    cfg = validate(_build(Config, load_raw(source, overrides), ""))
+    cfg.folder = "" if isinstance(source, dict) else os.path.dirname(os.path.abspath(source))
+    return cfg

@@ -34,6 +34,7 @@ from .data.preferences import PairDataset, as_pairs, load_pairs, pair_samples
 from .guards import LossGuard, check_finite, check_update
 from .memory_plan import plan_for_config
 from .objectives import ONLINE_MODES, VAE_MODES, build_objective
+from .progress import IterationLine, MetricsLog, postfix
 from .vae_run import build_vae, evaluate, export_vae, heldout, vae_stage_data, write_metrics
 
 log = logging.getLogger("qwenimage.training")
@@ -260,6 +261,10 @@ class Trainer:
         self.optimizer = make_optimizer(list(self.params.values()), cfg)
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer,  # BlockSwap placed the model
                                                       device_placement=[False, None] if self.swap else None)
+        if getattr(cfg, "folder", ""):  # reward plugins (module:function) may sit beside the config
+            from .rewards.base import add_plugin_folder
+
+            add_plugin_folder(cfg.folder)
         self.objective = build_objective(cfg, self.acc)
         off = self.plan is not None and not self.plan.encoders_on_gpu
         self.encoders = Encoders(cfg, torch.device("cpu") if off else self.acc.device)
@@ -271,6 +276,8 @@ class Trainer:
         self.metrics: dict = {}           # VAE modes: PSNR/SSIM on the held-out images, before and after
         self.loss_guard = LossGuard(cfg.train.max_nonfinite_steps)
         self.ckpt_dir = os.path.join(cfg.output.dir, "checkpoints")
+        self.metrics_log = MetricsLog(cfg.output.dir) if self.acc.is_main_process else None
+        self._iteration, self._validated_at = IterationLine(), None
         self._heldout, self._norm = None, None  # _norm: the trained weights' norm after the last update
 
     def block_swap(self):
@@ -377,6 +384,8 @@ class Trainer:
         path = resolve_resume(resume, self.ckpt_dir)
         if path:
             self.resume(path)
+        if self.metrics_log is not None:
+            self.metrics_log.resume_at(self.step)
         if cfg.logging.tensorboard:
             acc.init_trackers("qwenimage", config={"mode": cfg.train.mode, "lr": cfg.optimizer.lr,
                                                    "batch_size": cfg.data.batch_size, "seed": cfg.train.seed})
@@ -405,15 +414,14 @@ class Trainer:
                 loss = self.train_step(it, dataset, lr)
                 self.step, self.stage_step, done_here = self.step + 1, self.stage_step + 1, done_here + 1
                 self.losses.append(loss)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", stage=stage.name or self.stage_index)
-                if cfg.logging.tensorboard and self.step % cfg.logging.every == 0:
-                    acc.log({"loss": loss, "lr": lr, "steps_per_s": done_here / (time.time() - t0), **self.logs},
-                            step=self.step)
+                self.show(bar, {"loss": loss, "lr": lr, "steps_per_s": done_here / (time.time() - t0), **self.logs},
+                          stage.name if len(stages) > 1 else None)
                 if self.step % cfg.output.save_every == 0 and self.stage_step < stage.steps:
                     self.save(sampler)
                 if cfg.validation.every and self.step % cfg.validation.every == 0 and validating(cfg):
                     self.validate()
+            if self.stage_index == len(stages) - 1 and validating(cfg) and self._validated_at != self.step:
+                self.validate()  # the final validation, before the last checkpoint: its metrics are saved there
             self.save(sampler)  # every stage boundary writes a checkpoint
             self.stage_index, self.stage_step = self.stage_index + 1, 0
         bar.close()
@@ -423,10 +431,28 @@ class Trainer:
                 self.measure("after")
             if acc.is_main_process:
                 outputs["metrics"] = write_metrics(self.metrics, cfg.output.dir)
-        if validating(cfg):
-            self.validate()
         acc.end_training()
         return {**self.summary(), "outputs": outputs}
+
+    def record(self, values: dict, tensorboard: bool = True) -> None:
+        """One row of metrics at this step: in output.dir/metrics.jsonl always, in TensorBoard when it logs."""
+        if self.metrics_log is not None:
+            self.metrics_log.write(self.step, values)
+        if self.cfg.logging.tensorboard and tensorboard:
+            self.acc.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=self.step)
+
+    def show(self, bar, values: dict, stage: str | None) -> None:
+        """A step's figures: kept (record), on the bar, and for RL one line at the end of each iteration."""
+        cfg = self.cfg
+        self.record(values, tensorboard=self.step % cfg.logging.every == 0)
+        show_loss = cfg.train.mode != "grpo"  # GRPO's loss is ~0 on-policy whatever it learns: its reward shows
+        bar.update(1)
+        bar.set_postfix(postfix(values, show_loss) | ({"stage": stage} if stage else {}))
+        per_iteration = getattr(self.objective, "steps_per_iteration", 0)
+        if per_iteration and "reward" in values:
+            self._iteration.add(values)
+            if self.step % per_iteration == 0:
+                log.info(self._iteration.close(values, self.step - per_iteration + 1, self.step, show_loss))
 
     def summary(self) -> dict:
         return {"step": self.step, "losses": list(self.losses), **({"metrics": self.metrics} if self.metrics else {})}
@@ -440,8 +466,7 @@ class Trainer:
             self.metrics[when] = m
             log.info("held-out %s training: PSNR %.2f dB, SSIM %.4f (%d images)", when, m["psnr"], m["ssim"],
                      m["images"])
-            if self.cfg.logging.tensorboard:
-                self.acc.log({f"heldout/{k}": v for k, v in m.items() if k != "images"}, step=self.step)
+            self.record({f"heldout/{k}": v for k, v in m.items() if k != "images"})
         return m
 
     # -- outputs and validation ---------------------------------------------------------------------------
@@ -491,6 +516,7 @@ class Trainer:
     def validate(self) -> list[str]:
         """Images for the fixed prompts and seeds through the core pipeline; saved and logged."""
         cfg, v, paths = self.cfg, self.cfg.validation, []
+        self._validated_at = self.step
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             vae, te = self.encoders.get()
@@ -539,8 +565,8 @@ class Trainer:
         self.metrics.setdefault("eval", {})[str(self.step)] = overall
         log.info("evaluation (%s) at step %d: %s", v.suite, self.step,
                  ", ".join(f"{k} {val:.4f}" for k, val in overall.items()))
-        if self.cfg.logging.tensorboard and overall:
-            self.acc.log({f"eval/{k}": val for k, val in overall.items()}, step=self.step)
+        if overall:
+            self.record({f"eval/{k}": val for k, val in overall.items()})
         return summary
 
     def held_out_reward(self, scored) -> float:
@@ -549,8 +575,7 @@ class Trainer:
         mean = sum(rewards) / len(rewards)
         self.metrics.setdefault("reward", {})[str(self.step)] = mean
         log.info("held-out reward at step %d: %.4f (%d images)", self.step, mean, len(rewards))
-        if self.cfg.logging.tensorboard:
-            self.acc.log({"validation/reward": mean}, step=self.step)
+        self.record({"validation/reward": mean})
         return mean
 
     def _log_image(self, tag, img) -> None:

@@ -192,7 +192,8 @@ class OnlineObjective(Objective):
                                sigmas=torch.stack([self.sigmas[trained], self.sigmas[[i + 1 for i in trained]]], 1))
         details = {f"reward/{n}": sum(v) / len(v) for n, v in self.rewards.details.items()}
         self.stats = {"reward": everyone.mean().item(), "reward_std": everyone.std(unbiased=False).item(),
-                      "iteration": k, **details}
+                      "reward_min": everyone.min().item(), "reward_max": everyone.max().item(), "iteration": k,
+                      **details}
         log.info("rollout %d: mean reward %.4f (std %.4f) over %d samples", k, self.stats["reward"],
                  self.stats["reward_std"], len(everyone))
         self.annotate(model)

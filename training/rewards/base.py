@@ -3,12 +3,15 @@ image. A reward is a scorer used for training; an evaluation metric is a scorer 
 written for one works as the other.
 
 Scorers are found by name in one registry (`register`, `build`), or given as `module:function` (any callable
-with the same signature), and combined by `WeightedSum`. Every call goes through `score`, which checks what came
+with the same signature; the module installed, or a file in the training config's folder or the working folder),
+and combined by `WeightedSum`. Every call goes through `score`, which checks what came
 back, so a broken plugin stops a run with its name instead of training on garbage."""
 from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from typing import Callable, Mapping, Sequence
 
 from PIL import Image
@@ -31,6 +34,40 @@ def register(name: str):
     return deco
 
 
+PLUGIN_FOLDERS: list[str] = []  # the training config's folder (the trainer adds it); the working folder is implied
+
+
+def plugin_folders() -> list[str]:
+    return list(dict.fromkeys([*PLUGIN_FOLDERS, os.getcwd()]))
+
+
+def add_plugin_folder(folder: str) -> None:
+    """Let `module:function` scorers be found in `folder` (a config's own folder) too."""
+    folder = os.path.abspath(folder)
+    if folder not in PLUGIN_FOLDERS:
+        PLUGIN_FOLDERS.append(folder)
+
+
+def import_plugin(module: str):
+    """A plugin module: installed (or on PYTHONPATH), else a `module.py` or `module/` package in one of the plugin
+    folders (the config's folder, then the working folder), whose folder then joins sys.path as PYTHONPATH would,
+    so the plugin's own imports of its neighbours work."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        top = module.split(".")[0]
+        if e.name != top:  # the plugin was found, but something it imports was not: that error is the one to see
+            raise
+        for folder in plugin_folders():
+            if os.path.isfile(os.path.join(folder, top + ".py")) or os.path.isfile(
+                    os.path.join(folder, top, "__init__.py")):
+                if folder not in sys.path:
+                    sys.path.append(folder)
+                importlib.invalidate_caches()
+                return importlib.import_module(module)
+        raise
+
+
 def build(spec: str | Mapping) -> tuple[str, ScoreFn]:
     """A scorer from a name, `module:function`, or a table {"name" = ..., options...} -> (name, fn)."""
     spec = {"name": spec} if isinstance(spec, str) else dict(spec)
@@ -46,9 +83,11 @@ def build(spec: str | Mapping) -> tuple[str, ScoreFn]:
     if ":" in name:
         module, _, attr = name.partition(":")
         try:
-            fn = getattr(importlib.import_module(module), attr)
+            fn = getattr(import_plugin(module), attr)
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"scorer {name!r}: cannot import it ({e})") from None
+            where = ", ".join(plugin_folders())
+            raise ValueError(f"scorer {name!r}: cannot import it ({e}; looked in the installed modules and in "
+                             f"{where})") from None
         return name, (fn(**spec) if spec else fn)
     raise ValueError(f"unknown scorer {name!r} (known: {', '.join(sorted(REGISTRY))}, or module:function)")
 
