@@ -13,6 +13,7 @@ _EXPORTS = {
                      "pack_latents", "unpack_latents"], "schedules"),
     "QwenTextEncoder": "text_encoder", "load_text_encoder": "text_encoder",
     "QwenImageTransformer": "transformer", "CheckpointError": "weights",
+    **dict.fromkeys(["QwenImage21Transformer", "Transformer21Config", "KVCache"], "transformer21"),
     **dict.fromkeys(["QwenImageVAE", "VAEConfig", "load_vae", "save_comfyui_vae", "save_vae"], "vae"),
     **dict.fromkeys(["LoraError", "apply_loras", "read_lora", "save_lora"], "lora"),
     "Conditioning": "sampling", "Interrupted": "sampling", "denoise": "sampling",
@@ -36,5 +37,6 @@ __all__ = [
     "unpack_latents", "QwenTextEncoder", "load_text_encoder", "QwenImageVAE", "VAEConfig", "load_vae", "save_vae",
     "save_comfyui_vae",
     "LoraError", "apply_loras", "read_lora", "save_lora", "Conditioning", "Interrupted", "denoise", "BlockSwap",
-    "plan_for_budget", "Placement", "QwenImage", "load_pipeline",
+    "plan_for_budget", "Placement", "QwenImage", "load_pipeline", "QwenImage21Transformer", "Transformer21Config",
+    "KVCache",
 ]

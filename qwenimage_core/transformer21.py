@@ -97,6 +97,9 @@ PRESETS21: dict[str, Transformer21Config] = {
     # 2 blocks, 32 wide: unit tests on a 2-core CPU.
     "tiny": Transformer21Config(num_layers=2, attention_head_dim=16, num_attention_heads=2, context_in_dim=24,
                                 in_channels=8, out_channels=8, axes_dims_rope=(4, 6, 6)),
+    # 4 blocks, 512 wide: CPU benchmarks.
+    "small": Transformer21Config(num_layers=4, attention_head_dim=64, num_attention_heads=8, context_in_dim=256,
+                                 axes_dims_rope=(8, 28, 28)),
 }
 
 
@@ -165,10 +168,10 @@ class SwiGLU(nn.Module):
 
 @dataclass
 class Step:
-    """What every block of one forward shares: rotations, which modulation row each token reads, the key mask,
-    the prefix's segments (full forward) and the cache with its mode."""
+    """What every block of one forward shares: rotations, where the t = 0 modulation row stops applying, the key
+    mask, the prefix's segments (full forward) and the cache with its mode."""
     rope: torch.Tensor
-    target: torch.Tensor | None       # [S] bool, tokens reading their sample's row (the rest read the t = 0 row)
+    split: int | None                 # tokens before it (text, references) read the last row (t = 0); None: none do
     keys: torch.Tensor | None         # [B, S_joint] bool, keys to attend (None: all)
     segments: tuple = ()
     prefix_len: int = 0
@@ -176,12 +179,12 @@ class Step:
     mode: str | None = None
 
 
-def _rows(params: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """[B(+1), dim] -> per token [B, S|1, dim]: with causal_condition the last row is t = 0, read by every token
-    outside the target."""
-    if target is None:
-        return params[:, None]
-    return torch.where(target[None, :, None], params[:-1, None], params[-1:, None])
+def _times(x: torch.Tensor, rows: torch.Tensor, split: int | None) -> torch.Tensor:
+    """x [B, S, dim] times its modulation row: rows [B, dim], or [B + 1, dim] whose last row (t = 0) serves the
+    tokens before `split`. The prefix and the target are contiguous, so no per-token copy of the rows is made."""
+    if split is None:
+        return x * rows[:, None]
+    return torch.cat([x[:, :split] * rows[-1:, None], x[:, split:] * rows[:-1, None]], dim=1)
 
 
 class BlockCausalAttention(nn.Module):
@@ -227,9 +230,10 @@ class DiTBlock(nn.Module):
         self.img_mlp = SwiGLU(dim, mlp_ratio * dim)
 
     def forward(self, x, mod, s: Step, index: int):
-        scale1, gate1, scale2, gate2 = (_rows(p, s.target) for p in mod.chunk(4, dim=-1))
-        x = x + gate1.tanh() * self.attn(layer_norm(x, self.eps) * (1 + scale1), s, index)
-        x = x + gate2.tanh() * self.img_mlp(layer_norm(x, self.eps) * (1 + scale2))
+        """mod: (1 + scale, tanh(gate)) for attention and for the MLP, rows [B(+1), dim], shared by all blocks."""
+        scale1, gate1, scale2, gate2 = mod
+        x = x + _times(self.attn(_times(layer_norm(x, self.eps), scale1, s.split), s, index), gate1, s.split)
+        x = x + _times(self.img_mlp(_times(layer_norm(x, self.eps), scale2, s.split)), gate2, s.split)
         if x.dtype == torch.float16:  # keep fp16 activations finite
             x = x.clip(-65504, 65504)
         return x
@@ -243,8 +247,8 @@ class NormOut(nn.Module):
         self.eps = eps
         self.linear = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x, temb, target):
-        return layer_norm(x, self.eps) * (1 + _rows(self.linear(F.silu(temb).to(x.dtype)), target))
+    def forward(self, x, temb, split):
+        return _times(layer_norm(x, self.eps), 1 + self.linear(F.silu(temb).to(x.dtype)), split)
 
 
 class QwenImage21Transformer(nn.Module):
@@ -312,19 +316,19 @@ class QwenImage21Transformer(nn.Module):
 
         dtype, dev = self.dtype, self.device
         sigma = torch.as_tensor(timestep).to(dev, dtype).reshape(-1).expand(batch)
-        target = None
         if c.causal_condition:  # one more row: t = 0 for text and references
-            sigma, target = torch.cat([sigma, sigma.new_zeros(1)]), ~_prefix_mask(layout, dev)
+            sigma = torch.cat([sigma, sigma.new_zeros(1)])
         temb = self.time_text_embed(sigma, dtype)
-        mod = self.modulation(temb)
+        scale1, gate1, scale2, gate2 = self.modulation(temb).chunk(4, dim=-1)
+        mod = (1 + scale1, gate1.tanh(), 1 + scale2, gate2.tanh())
         keys = joint_key_mask(layout, encoder_hidden_states_mask, img_mask[0])
-        s = Step(rope21(layout, c.axes_dims_rope, device=dev), target, None if keys is None else keys.to(dev),
-                 layout.segments, layout.prefix_len, kv_cache, kv_cache_mode)
+        s = Step(rope21(layout, c.axes_dims_rope, device=dev), layout.prefix_len if c.causal_condition else None,
+                 None if keys is None else keys.to(dev), layout.segments, layout.prefix_len, kv_cache, kv_cache_mode)
 
         hidden_states = hidden_states.to(dev, dtype)
-        if kv_cache_mode == "cached":  # only the target's tokens are computed
+        if kv_cache_mode == "cached":  # only the target's tokens are computed, all with their samples' rows
             x = self.img_in(hidden_states[:, -n_target:])
-            s.rope, s.target = s.rope[:, layout.prefix_len:], None if target is None else target[layout.prefix_len:]
+            s.rope, s.split, mod, temb = s.rope[:, layout.prefix_len:], None, tuple(m[:-1] for m in mod), temb[:-1]
         else:
             x = self._joint(layout, self.img_in(hidden_states), self.txt_in(encoder_hidden_states.to(dev, dtype)))
 
@@ -333,7 +337,7 @@ class QwenImage21Transformer(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, mod, s, i, use_reentrant=False)
             else:
                 x = block(x, mod, s, i)
-        out = self.proj_out(self.norm_out(x, temb, s.target))
+        out = self.proj_out(self.norm_out(x, temb, s.split))
         if return_dict is None:
             return out
         return TransformerOutput(out) if return_dict else (out,)
@@ -356,8 +360,3 @@ class QwenImage21Transformer(nn.Module):
         if len(cache.layers) != len(self.transformer_blocks):
             raise ValueError(f"the KV cache has {len(cache.layers)} layers, the model {len(self.transformer_blocks)}")
 
-
-def _prefix_mask(layout: Layout, device) -> torch.Tensor:
-    m = torch.zeros(len(layout.is_image), dtype=torch.bool, device=device)
-    m[: layout.prefix_len] = True
-    return m

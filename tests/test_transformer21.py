@@ -219,3 +219,15 @@ def test_bfloat16_keeps_fp32_timestep_frequencies(tmp_path, pair):
     with torch.no_grad():
         # 0.0 here; the bound leaves room for other kernels' bf16 rounding (the rounded frequencies give 0.67)
         assert rel_err(ours(**kw, timestep=torch.tensor(t)), want.eval()(**kw, timestep=torch.tensor(t))[0]) < 1e-2
+
+
+def test_without_causal_condition_every_token_reads_its_timestep():
+    cfg = CFG.replace(causal_condition=False)
+    ref = reference_like(cfg)
+    ours = QwenImage21Transformer(cfg).eval()
+    ours.load_state_dict(ref.state_dict())
+    kw, t = CASES["reference_padded_batch"]
+    with torch.no_grad():
+        assert rel_err(ours(**kw, timestep=torch.tensor(t)), ref(**kw, timestep=torch.tensor(t))[0]) <= TOL
+    with pytest.raises(ValueError, match="causal_condition"):
+        ours(**kw, timestep=torch.tensor(t), kv_cache=ours.new_cache(), kv_cache_mode="extract")
