@@ -6,7 +6,17 @@ per pair of a chosen (w) and a rejected (l) image of one prompt, both noised wit
 timestep, e_ref the reference model's error (training/objectives/reference.py). The argument of the sigmoid is
 the implicit reward margin: positive when the policy has improved on the chosen image more than on the rejected
 one, relative to the reference. Flow-GRPO's Flow-DPO script and Diffusion-DPO take this form (beta 100 there on
-velocity errors; Diffusion-DPO 5000 on noise errors)."""
+velocity errors; Diffusion-DPO 5000 on noise errors), with a constant beta over the timesteps.
+
+Why the default beta is 2, not 100: Adam's step is set by the learning rate, not by the gradient's scale, so beta
+does not change the direction or size of the first updates; it only sets how soon the sigmoid saturates and the
+gradient dies. Steering a sample from the loser all the way to the winner changes e_w - e_l by about the pair's
+mean squared latent distance d^2 (0.2 when only a shape's colour differs, about 2 for two unrelated images), so
+the margin at that point is about beta * d^2 / 2. With beta 100 it reaches 5 (loss 0.007) long before: in
+bench/bench_dpo.py the loss fell 0.69 -> 0.01 in 3 steps and little was learnt after; the margin came mostly
+from low- and mid-noise draws, where x_t itself tells the pair apart and the loser can simply be denoised worse,
+which moves samples little. Beta 1-5 keeps the loss above 0.5 for the first 5 steps and moved held-out samples
+about twice as far (BENCHMARKS.md)."""
 from __future__ import annotations
 
 import torch
@@ -18,7 +28,7 @@ from .reference import Reference
 
 
 class DPO(Objective):
-    def __init__(self, flow: FlowMatching, reference: Reference, beta: float = 100.0):
+    def __init__(self, flow: FlowMatching, reference: Reference, beta: float = 2.0):
         self.flow, self.reference, self.beta = flow, reference, beta
         self.step, self.refreshed_at, self.seen = 0, -1, []
 
