@@ -213,7 +213,8 @@ def test_lora_run_with_fp8_base_and_swap_gives_the_resident_adapter(world, tmp_p
 
 def test_trainer_refuses_a_budget_before_loading(world, tmp_path):
     cfg = _config(world, tmp_path, vram_budget_gb=0.001)
-    with pytest.raises(PlanError, match=r"train.vram_budget_gb: 0.001 GB cannot hold.*needs [\d.]+ GB"):
+    with pytest.raises(PlanError, match=r"train.vram_budget_gb: 0.001 GB cannot hold.*smallest budget that does is "
+                                        r"\d+\.\d\d GB, where the plan picks"):
         Trainer(cfg)
     with pytest.raises(ConfigError, match="train.blocks_to_swap: 9, but the model has 4 blocks"):
         Trainer(_config(world, tmp_path, blocks_to_swap=9))
@@ -266,11 +267,11 @@ def test_plan_memory_model_and_refusals(official):
     assert make_plan(official, 24, blocks_to_swap=0, fp8="on").need <= 24 * GiB
     assert make_plan(official, 12, blocks_to_swap=45, fp8="on").need <= 12 * GiB
     # too small: refused with the smallest budget that fits, and that budget fits
-    with pytest.raises(PlanError, match=r"5 GB cannot hold.*60 of 60 blocks swapped.*needs (\d+\.\d) GB") as err:
+    with pytest.raises(PlanError, match=r"5 GB cannot hold.*does is \d+\.\d\d GB.*60 of 60 blocks swapped") as err:
         make_plan(official, 5)
-    smallest = float(err.value.args[0].split("needs ")[1].split(" GB")[0])
+    smallest = float(err.value.args[0].split("does is ")[1].split(" GB")[0])
     assert make_plan(official, smallest).blocks_to_swap == 60
-    with pytest.raises(PlanError, match="needs"):
+    with pytest.raises(PlanError, match="smallest budget that does is 23.87 GB"):
         make_plan(official, 16, blocks_to_swap=0, fp8="on")  # an explicit placement that does not fit
     # fp8 off: full-precision blocks swap instead
     off = make_plan(official, 16, fp8="off")
@@ -301,3 +302,35 @@ def test_fp8_and_full_precision_bases_start_from_the_same_adapters(world, tmp_pa
     first = torch.cat([start["off"][n].flatten() for n in sorted(start["off"])])
     assert not torch.equal(flat["on"], flat["off"]) and not torch.equal(flat["off"], first)
     assert _rel(flat["on"], flat["off"]) < E4M3_REL
+
+
+def _refusal(fp, budget):
+    with pytest.raises(PlanError) as err:
+        make_plan(fp, budget)
+    msg = err.value.args[0]
+    return float(msg.split("does is ")[1].split(" GB")[0]), msg.split("the plan picks ")[1].split(". Lower")[0]
+
+
+@pytest.mark.parametrize("preset_name, budget", [("tiny", 0.5), ("qwen-image", 5)])
+def test_a_refused_budget_names_the_true_minimum_and_the_placement_picked_there(preset_name, budget):
+    """Issue 25: 2.1 GB was named (the minimum rounded up to a tenth) while 2.02 GB was accepted, with another
+    placement than the one named."""
+    config = preset(preset_name, **({"joint_attention_dim": 64} if preset_name == "tiny" else {}))
+    fp = footprint(config, TARGETS, 2, tokens=272) if preset_name == "tiny" else footprint(config, TARGETS, 32)
+    least, named = _refusal(fp, budget)
+    got = make_plan(fp, least)
+    assert got.summary() == named
+    with pytest.raises(PlanError):
+        make_plan(fp, round(least - 0.01, 2))
+
+
+def test_the_printed_plan_says_cpu_without_a_gpu(world, tmp_path, capsys):
+    p = make_plan(footprint(preset("qwen-image"), TARGETS, 32), 48, encoder_bytes=4 * GiB)
+    assert "else on the GPU" in p.describe(gpu=True)
+    assert "GPU here" not in p.describe(gpu=True)
+    text = p.describe(gpu=False)
+    assert "on the GPU" not in text and "no GPU here" in text and "else on the CPU" in text
+    if not torch.cuda.is_available():  # the trainer prints the CPU wording on this machine
+        Trainer(_config(world, tmp_path, vram_budget_gb=40.0))
+        printed = capsys.readouterr().out
+        assert "memory plan for 40 GB (no GPU here" in printed and "on the GPU" not in printed, printed

@@ -76,15 +76,25 @@ class Placement:
     def need(self) -> int:
         return self.predicted + int(OVERHEAD)
 
-    def describe(self) -> str:
+    def summary(self) -> str:
+        """'fp8 (e4m3fn) base, 27 of 60 blocks swapped, gradient checkpointing on'"""
         n = f" of {self.blocks}" if self.blocks else ""
-        lines = [f"memory plan{f' for {self.budget_gb:g} GB' if self.budget_gb else ''}: "
-                 f"{'fp8 (e4m3fn)' if self.fp8 else 'full-precision'} base, {self.blocks_to_swap}{n} blocks swapped, "
-                 f"gradient checkpointing {'on' if self.checkpointing else 'off'}; predicted peak "
-                 f"{self.predicted / GiB:.1f} GB + {OVERHEAD / GiB:.1f} GB overhead = {self.need / GiB:.1f} GB"]
+        return (f"{'fp8 (e4m3fn)' if self.fp8 else 'full-precision'} base, {self.blocks_to_swap}{n} blocks swapped, "
+                f"gradient checkpointing {'on' if self.checkpointing else 'off'}")
+
+    def describe(self, gpu: bool = True) -> str:
+        """The plan as printed at start. `gpu`: whether the run has a GPU; without one the budget is moot (the
+        placement still applies: fp8, swap and checkpointing change what is computed, not where)."""
+        where = "" if gpu else " (no GPU here: the run trains on the CPU, in CPU memory)"
+        lines = [f"memory plan{f' for {self.budget_gb:g} GB' if self.budget_gb else ''}{where}: {self.summary()}; "
+                 f"predicted peak {self.predicted / GiB:.1f} GB + {OVERHEAD / GiB:.1f} GB overhead = "
+                 f"{self.need / GiB:.1f} GB"]
         lines += [f"  {k}: {v / GiB:.2f} GB" for k, v in self.parts.items()]
-        lines.append(f"  text encoder and VAE: never loaded with a complete cache; else on the "
-                     f"{'GPU' if self.encoders_on_gpu else 'CPU (they do not fit beside the training state)'}")
+        if not gpu:
+            lines.append("  text encoder and VAE: never loaded with a complete cache; else on the CPU")
+        else:
+            lines.append(f"  text encoder and VAE: never loaded with a complete cache; else on the "
+                         f"{'GPU' if self.encoders_on_gpu else 'CPU (they do not fit beside the training state)'}")
         return "\n".join(lines)
 
 
@@ -151,17 +161,23 @@ def make_plan(fp: Footprint, budget_gb: float = 0.0, blocks_to_swap: int = -1, f
         s = max(blocks_to_swap, 0)
         c = checkpointing or s > 0
         return Placement(q, s, c, estimate(fp, q, s, c), blocks=fp.blocks)
-    budget, smallest = budget_gb * GiB, None
-    for q, s, c in candidates(fp, fp8, blocks_to_swap, checkpointing):
-        p = Placement(q, s, c, estimate(fp, q, s, c), budget_gb=budget_gb, blocks=fp.blocks)
-        if p.need <= budget:
-            p.encoders_on_gpu = p.need + encoder_bytes <= budget
-            return p
-        smallest = p if smallest is None or p.need < smallest.need else smallest
-    raise PlanError(f"train.vram_budget_gb: {budget_gb:g} GB cannot hold this LoRA run; the smallest placement "
-                    f"({'fp8' if smallest.fp8 else 'full-precision'} base, {smallest.blocks_to_swap} of {fp.blocks} "
-                    f"blocks swapped, checkpointing) needs {math.ceil(smallest.need / GiB * 10) / 10:g} GB. Lower "
-                    f"data.area or data.batch_size, or raise the budget")
+    options = [Placement(q, s, c, estimate(fp, q, s, c), budget_gb=budget_gb, blocks=fp.blocks)
+               for q, s, c in candidates(fp, fp8, blocks_to_swap, checkpointing)]
+    p = first_fit(options, budget_gb * GiB)
+    if p is not None:
+        p.encoders_on_gpu = p.need + encoder_bytes <= budget_gb * GiB
+        return p
+    # the smallest budget that fits, rounded up to a hundredth of a GB (rounding to a tenth named 2.1 GB where
+    # 2.02 fitted), and the placement the plan picks there (the first that fits, not always the smallest)
+    least = math.ceil(min(o.need for o in options) / GiB * 100) / 100
+    pick = first_fit(options, least * GiB)
+    raise PlanError(f"train.vram_budget_gb: {budget_gb:g} GB cannot hold this LoRA run; the smallest budget that "
+                    f"does is {least:.2f} GB, where the plan picks {pick.summary()}. Lower data.area or "
+                    "data.batch_size, or raise the budget")
+
+
+def first_fit(options: list[Placement], budget: float) -> Placement | None:
+    return next((o for o in options if o.need <= budget), None)
 
 
 def files_bytes(path: str) -> int:

@@ -254,7 +254,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.plan = plan_for_config(cfg)  # refuses a budget nothing fits, before anything loads
         if self.plan is not None and self.acc.is_main_process:
-            print(self.plan.describe(), flush=True)
+            print(self.plan.describe(gpu=self.acc.device.type == "cuda"), flush=True)
         self.model = build_model(cfg, self.plan)
         self.swap = self.block_swap()
         self.params = trainable(self.model)
