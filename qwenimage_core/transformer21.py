@@ -111,6 +111,7 @@ class KVCache:
     def __init__(self, num_layers: int, device=None):
         self.device = None if device is None else torch.device(device)
         self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
+        self.prefix_len: int | None = None  # set by "extract": a later step of another layout is refused
 
     def store(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
         # a copy: a batch-1 slice is already contiguous and would pin the whole step's K/V
@@ -298,7 +299,6 @@ class QwenImage21Transformer(nn.Module):
         if attention_kwargs:
             raise TypeError("attention_kwargs are not supported (LoRA scales are set on the model)")
         c, batch = self.config, hidden_states.shape[0]
-        self._check_cache(kv_cache, kv_cache_mode)
         shapes = layout_shapes(img_shapes, batch)
         if hidden_states.shape[1] != sum(prod(s) for s in shapes):
             raise ValueError(f"img_shapes {list(shapes)} describe {sum(prod(s) for s in shapes)} tokens, "
@@ -313,6 +313,7 @@ class QwenImage21Transformer(nn.Module):
             raise ValueError(f"img_mask [{', '.join(map(str, img_mask.shape))}] must mark, for every sample alike, "
                              f"the {length} prompt slots and then the target's {n_target // TOKENS_PER_SLOT}")
         layout = build_layout(img_mask[0], shapes)
+        self._check_cache(kv_cache, kv_cache_mode, layout.prefix_len)
 
         dtype, dev = self.dtype, self.device
         sigma = torch.as_tensor(timestep).to(dev, dtype).reshape(-1).expand(batch)
@@ -350,7 +351,7 @@ class QwenImage21Transformer(nn.Module):
         joint[:, layout.is_image.to(joint.device)] = img
         return joint
 
-    def _check_cache(self, cache, mode):
+    def _check_cache(self, cache, mode, prefix_len: int):
         if cache is None and mode is None:
             return
         if cache is None or mode not in ("extract", "cached"):
@@ -359,4 +360,10 @@ class QwenImage21Transformer(nn.Module):
             raise ValueError("a KV cache needs causal_condition: only then do the prefix's keys not depend on the step")
         if len(cache.layers) != len(self.transformer_blocks):
             raise ValueError(f"the KV cache has {len(cache.layers)} layers, the model {len(self.transformer_blocks)}")
+        if mode == "cached" and cache.prefix_len is None:
+            raise ValueError("the KV cache is empty: run the first step with kv_cache_mode='extract'")
+        if mode == "cached" and cache.prefix_len != prefix_len:
+            raise ValueError(f"the KV cache holds a prefix of {cache.prefix_len} tokens, this prompt has {prefix_len}: "
+                             "run its first step with kv_cache_mode='extract'")
+        cache.prefix_len = prefix_len
 
