@@ -13,7 +13,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .checkpoint21 import FAMILY_21, config21_dims, infer_config21, is_config21, transformer_family, unfuse
+from .checkpoint21 import FAMILY_21, config21_dims, fuse, infer_config21, is_config21, transformer_family, unfuse
 from .config import TransformerConfig
 from .fp8 import FP8_DTYPES, SCALE_SUFFIXES, is_quant_key, quant_format, quantize, swap_to_fp8
 from .transformer import QwenImageTransformer
@@ -312,10 +312,12 @@ def save_transformer(model: QwenImageTransformer, folder: str, max_shard_bytes: 
     _write_json(model.config.to_dict(), os.path.join(folder, "config.json"))
 
 
-def save_comfyui_transformer(model: QwenImageTransformer, path: str, prefix: str = "") -> None:
-    """One ComfyUI single file (bare keys, or under `prefix` such as model.diffusion_model.), config in metadata."""
-    state = {prefix + k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if model.config.zero_cond_t:
+def save_comfyui_transformer(model: QwenImageTransformer | QwenImage21Transformer, path: str, prefix: str = "") -> None:
+    """One ComfyUI single file (bare keys, or under `prefix` such as model.diffusion_model.), config in metadata;
+    a 2.1 model in Comfy-Org's layout (SwiGLU gate and up fused)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {prefix + k: v for k, v in (fuse(state) if isinstance(model, QwenImage21Transformer) else state).items()}
+    if getattr(model.config, "zero_cond_t", False):
         state[prefix + "__index_timestep_zero__"] = torch.zeros(0)
     save_file_atomic(state, path, {"format": "pt", "config": json.dumps(model.config.to_dict())})
 

@@ -6,6 +6,8 @@ tensors without a copy. The loader itself (fp8, meta-device assignment) is check
 """
 from __future__ import annotations
 
+import torch
+
 from .transformer21 import CLASS_NAME, Transformer21Config
 from .weights import CheckpointError, RowChunk, block_count
 
@@ -42,6 +44,17 @@ def unfuse(sources: dict) -> dict:
             out[head + "img_mlp.proj.weight"] = (RowChunk(f, 1, 2), key)
         else:
             out[head + "img_mlp.gate_layer." + leaf] = out[head + "img_mlp.proj." + leaf] = (f, key)
+    return out
+
+
+def fuse(state: dict) -> dict:
+    """The inverse of `unfuse` on a state dict: each block's gate and up projections as one `gate_up` weight."""
+    out = {}
+    for name, t in state.items():
+        if name.endswith("img_mlp.gate_layer.weight"):
+            out[name.replace("gate_layer", "gate_up")] = torch.cat([t, state[name.replace("gate_layer", "proj")]])
+        elif not name.endswith("img_mlp.proj.weight"):
+            out[name] = t
     return out
 
 

@@ -6,7 +6,9 @@ import torch
 from _util import rel_err
 
 from qwenimage.cli import main
-from qwenimage.qwenimage_core import QwenImageTransformer, load_transformer, preset
+from safetensors import safe_open
+
+from qwenimage.qwenimage_core import QwenImageTransformer, load_transformer, preset, save_comfyui_transformer
 from qwenimage.qwenimage_core.checkpoint21 import FAMILY_20B, FAMILY_21, transformer_family
 from qwenimage.qwenimage_core.fp8 import FP8Linear, quantize
 from qwenimage.qwenimage_core.positions21 import build_layout
@@ -163,7 +165,8 @@ def test_diffusers_folder_loads_and_matches(tmp_path, pair):
 
 
 def comfy_state(ref, prefix="model.diffusion_model."):
-    """Comfy-Org's layout: the diffusers names under a prefix, gate and up projections fused (gate rows first)."""
+    """Comfy-Org's layout, written here by hand: the diffusers names under a prefix, gate and up projections fused
+    (gate rows first)."""
     state = {}
     for k, v in ref.state_dict().items():
         if k.endswith("img_mlp.gate_layer.weight"):
@@ -172,6 +175,20 @@ def comfy_state(ref, prefix="model.diffusion_model."):
         elif not k.endswith("img_mlp.proj.weight"):
             state[prefix + k] = v
     return state
+
+
+def test_comfyui_file_we_write_is_comfy_orgs_layout(tmp_path):
+    ref = reference_like(COMFY_CFG)
+    ours = QwenImage21Transformer(COMFY_CFG)
+    ours.load_state_dict(ref.state_dict())
+    save_comfyui_transformer(ours, tmp_path / "ours.safetensors", prefix="model.diffusion_model.")
+    with safe_open(tmp_path / "ours.safetensors", "pt") as f:
+        written = {k: f.get_tensor(k) for k in f.keys()}
+    want = comfy_state(ref)
+    assert written.keys() == want.keys() and all(torch.equal(written[k], want[k]) for k in want)
+    back = load_transformer(str(tmp_path / "ours.safetensors"))
+    assert back.config == COMFY_CFG
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in back.state_dict().items())
 
 
 # 128-wide heads: a file without a config implies the official rotary split (16, 56, 56)
