@@ -358,17 +358,25 @@ def _sort_header_metadata(path: str) -> None:
 
 def save_file_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
                      metadata: Mapping[str, str] | None = None) -> None:
-    """Write safetensors through a temporary file and a rename, so a crash never leaves a half-written file."""
+    """Write safetensors through a temporary file and a rename, so a crash never leaves a half-written file. The
+    file gets the mode a plain open() gives (0644 under umask 022), as every other file the project writes."""
+    import stat
+
     from safetensors.torch import save_file
 
+    from .images import create_temp
+
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    fd, tmp = create_temp(os.path.dirname(os.path.abspath(path)), ".safetensors")  # 0666 less the umask
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    os.close(fd)
     try:
         try:
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
         except SafetensorError as e:  # a full disk arrives as "Error while serializing: I/O error ..."
             raise OSError(f"{path}: could not write ({e}); nothing was written under that name") from e
         _sort_header_metadata(tmp)
+        os.chmod(tmp, mode)  # safetensors writes through a temporary of its own, created 0600, renamed onto ours
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

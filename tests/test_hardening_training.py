@@ -379,3 +379,24 @@ def test_a_fifo_a_folder_or_a_deep_value_as_config_is_one_error_exit_2(tmp_path,
             assert len(err.splitlines()) == 1 and re.search(message, err), err
         return True
     assert _without_hanging(attempt, [tmp_path / "fifo.toml"])
+
+
+def test_checkpoints_and_loras_are_0644_under_umask_022(tmp_path):
+    """Issue 23 item 3: weights.safetensors and lora.safetensors came out 0600 (safetensors' own temporary)."""
+    import stat
+
+    from qwenimage.qwenimage_core.lora import save_lora
+
+    old = os.umask(0o022)
+    try:
+        path = checkpointing.save_checkpoint(tmp_path / "ck", 1, weights={"a.weight": torch.ones(3)},
+                                             optimizer={"state": {}}, scheduler={}, ema={"a.weight": torch.ones(3)},
+                                             state={"step": 1}, keep_last=1)
+        save_lora(tmp_path / "lora.safetensors", {"blk.to_q": (torch.ones(2, 4), torch.zeros(4, 2), 2.0)})
+    finally:
+        os.umask(old)
+    files = [os.path.join(path, f) for f in os.listdir(path)] + [str(tmp_path / "lora.safetensors")]
+    modes = {os.path.basename(f): oct(stat.S_IMODE(os.stat(f).st_mode)) for f in files}
+    assert set(modes) == {"weights.safetensors", "ema.safetensors", "optimizer.pt", "state.json", "lora.safetensors"}
+    assert set(modes.values()) == {"0o644"}, modes
+    assert sorted(os.listdir(tmp_path)) == ["ck", "lora.safetensors"]  # no temporary left
