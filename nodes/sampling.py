@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ..qwenimage_core.images import ASPECT_PRESETS, check_size, latent_preview
+from ..qwenimage_core.images import ASPECT_PRESETS, check_size
+from ..qwenimage_core.preview import previewer
 from ..qwenimage_core.pipeline import sample
 from ..qwenimage_core.schedules import unpack_latents
 from ..qwenimage_core.vae import denormalize_latents, normalize_latents
 from . import host
-from .sockets import CONDITIONING, MODEL, QwenModel, latent_samples, mask_batch
+from .sockets import CONDITIONING, MODEL, VAE, QwenModel, latent_samples, mask_batch
 
 MAX_SIZE = 16384
 CUSTOM = "custom"
@@ -76,6 +77,9 @@ class QwenImageSampler:
                                              "input image (image-to-image strength)"}),
         }, "optional": {
             "mask": ("MASK", {"tooltip": "Inpainting: 1 (white) = repaint, 0 = keep the latent's image"}),
+            "vae": (VAE, {"tooltip": "For live previews only: the VAE that will decode the image, when it has "
+                                     "latent statistics of its own (the demo's: its previews are decoded by "
+                                     "it); without it previews assume the official VAE's latent space"}),
         }}
 
     RETURN_TYPES = ("LATENT",)
@@ -86,7 +90,7 @@ class QwenImageSampler:
 
     @torch.no_grad()
     def sample(self, model: QwenModel, positive, negative, latent, seed, steps, cfg, shift_mode, shift, denoise,
-               mask=None):
+               mask=None, vae=None):
         if shift_mode not in SHIFT_MODES:
             raise ValueError(f"shift_mode {shift_mode!r}: one of {', '.join(SHIFT_MODES)}")
         z = latent_samples(latent)
@@ -95,9 +99,10 @@ class QwenImageSampler:
             mask = latent["noise_mask"]
         clean = normalize_latents(z.float()) if (denoise < 1.0 or mask is not None) else None
         bar = host.progress(steps)
+        show = previewer(None if vae is None else host.on_device(vae)) if bar.wants_preview else None
 
         def step(i, total, latents, x0):
-            bar.update(i + 1, latent_preview(unpack_latents(x0[:1].float().cpu(), h, w)) if bar.wants_preview else None)
+            bar.update(i + 1, show(unpack_latents(x0[:1].float().cpu(), h, w)) if show is not None else None)
 
         with model.patched() as transformer:
             packed = sample(transformer, positive, negative if cfg > 1.0 else None, width=w * 8, height=h * 8,

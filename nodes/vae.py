@@ -6,7 +6,8 @@ import contextlib
 import torch
 
 from ..qwenimage_core.images import check_size
-from ..qwenimage_core.vae import VAEConfig, denormalize_latents, normalize_latents
+from ..qwenimage_core.preview import has_own_statistics
+from ..qwenimage_core.vae import denormalize_latents, normalize_latents
 from . import host
 from .sockets import VAE, image_to_pixels, latent_samples, pixels_to_image
 
@@ -40,22 +41,16 @@ def _tiling(vae, tiled: bool, tile_size: int, overlap: int):
         vae.tiling = before
 
 
-def _own_stats(vae) -> bool:
-    official = VAEConfig()
-    return (tuple(vae.config.latents_mean), tuple(vae.config.latents_std)) != (official.latents_mean,
-                                                                                official.latents_std)
-
-
 def from_graph(z: torch.Tensor, vae) -> torch.Tensor:
     """Graph latents -> this VAE's own. A LATENT in the graph holds latents un-normalised with the official
     statistics (as ComfyUI stores them, and as the sampler reads and writes them); a VAE that ships its own
     statistics (the demo's) maps them through the transformer's normalised space onto its own."""
-    return denormalize_latents(normalize_latents(z.float()), vae.config) if _own_stats(vae) else z
+    return denormalize_latents(normalize_latents(z.float()), vae.config) if has_own_statistics(vae) else z
 
 
 def to_graph(z: torch.Tensor, vae) -> torch.Tensor:
     """This VAE's own latents -> graph latents (the inverse of from_graph)."""
-    return denormalize_latents(normalize_latents(z.float(), vae.config)) if _own_stats(vae) else z
+    return denormalize_latents(normalize_latents(z.float(), vae.config)) if has_own_statistics(vae) else z
 
 
 class QwenImageVAEDecode:

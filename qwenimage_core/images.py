@@ -56,19 +56,6 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in (x * 255).round().astype("uint8")]
 
 
-def latent_preview(latents: torch.Tensor, max_side: int = 512) -> Image.Image:
-    """A coarse live preview of the first image of normalised latents [B, 16, (1,) h, w]: three latent channels
-    stretched to 0..255 and upscaled 8x (no VAE run, so it costs nothing per step)."""
-    z = latents[0].float()
-    z = z[:, 0] if z.dim() == 4 else z
-    rgb = z[:3]
-    lo, hi = rgb.amin(dim=(1, 2), keepdim=True), rgb.amax(dim=(1, 2), keepdim=True)
-    rgb = ((rgb - lo) / (hi - lo).clamp_min(1e-6) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    im = Image.fromarray(rgb)
-    scale = max(1, min(8, max_side // max(im.size)))
-    return im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-
-
 # The official text-to-image sizes (width, height) per aspect ratio, from the Qwen-Image model card.
 ASPECT_PRESETS = {
     "1:1": (1328, 1328), "16:9": (1664, 928), "9:16": (928, 1664), "4:3": (1472, 1104), "3:4": (1104, 1472),

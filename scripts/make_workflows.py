@@ -20,6 +20,15 @@ EDIT_FILE = "qwen_image_edit_2509_fp8_e4m3fn.safetensors"
 TE_FILE = "qwen_2.5_vl_7b_fp8_scaled.safetensors"
 VAE_FILE = "qwen_image_vae.safetensors"
 NEGATIVE = " "
+# Layout: four columns, the note above the first two, the output top right (clear of the frontend's minimap at
+# the bottom right). A position is a node's body; its title bar (TITLE px) sits above it, and GAP keeps title
+# bars off the node above. At the saved view a 1366 x 768 window shows the whole graph with its text legible.
+TITLE, GAP = 30, 36
+NOTE_W, NOTE_H = 700, 150
+COL = (0, 340, 740, 1080)  # loaders and images; prompts and latents; sampler and decode; the output
+ROW0 = NOTE_H + TITLE + GAP  # first row under the note
+PROMPT_H, NEGATIVE_H = 160, 90  # the prompt's and the negative prompt's text boxes
+VIEW_SCALE, VIEW_MARGIN = 0.75, (80, 110)  # screen px clear of ComfyUI's sidebar, menu and floating toolbar
 
 DOWNLOADS = f"""Put the model files in ComfyUI's models folder (or the folder `qwenimage serve --models-dir` names):
 - diffusion_models/{MODEL_FILE}  (Comfy-Org/Qwen-Image_ComfyUI, split_files/diffusion_models)
@@ -60,8 +69,9 @@ class Graph:
         self.nodes.append(node)
         return node
 
-    def note(self, pos, text, size=(420, 200)):
-        return self.add("Note", pos, size, text=text)
+    def note(self, text, size=(NOTE_W, NOTE_H)):
+        """The instructions, top left where ComfyUI's default view shows them, above the loaders."""
+        return self.add("Note", (0, 0), size, text=text)
 
     # -- UI format -----------------------------------------------------------------------------------------
     def ui(self) -> dict:
@@ -110,7 +120,7 @@ class Graph:
             nodes.append(node)
         ui_links = [[lid, a, sa, b, self._slot(b, name), typ] for lid, a, sa, b, name, typ in links]
         return {"last_node_id": len(self.nodes), "last_link_id": len(links), "nodes": nodes, "links": ui_links,
-                "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}}, "version": 0.4}
+                "groups": [], "config": {}, "extra": {"ds": view(self.nodes)}, "version": 0.4}
 
     def _slot(self, node_id, name) -> int:
         n = self.nodes[node_id - 1]
@@ -141,24 +151,47 @@ class Graph:
         return out
 
 
+# ---------------------------------------------------------------------------------------------- layout
+
+
+def below(node) -> int:
+    """The y of a node placed under `node`."""
+    return node["pos"][1] + node["size"][1] + TITLE + GAP
+
+
+def view(nodes) -> dict:
+    """The saved view (extra.ds) ComfyUI opens a workflow at: the graph's top-left corner (the note's title)
+    VIEW_MARGIN px from the canvas' corner at VIEW_SCALE. The canvas draws graph point p at (p + offset) * scale."""
+    left = min(n["pos"][0] for n in nodes)
+    top = min(n["pos"][1] for n in nodes) - TITLE
+    return {"scale": VIEW_SCALE, "offset": [VIEW_MARGIN[0] / VIEW_SCALE - left, VIEW_MARGIN[1] / VIEW_SCALE - top]}
+
+
 # ---------------------------------------------------------------------------------------------- the graphs
 
-def loaders(g, model_file=MODEL_FILE, x=0):
-    m = g.add("QwenImageModelLoader", (x, 80), (320, 110), unet_name=model_file, weight_dtype="default",
+def loaders(g, model_file=MODEL_FILE, files=(TE_FILE, VAE_FILE)):
+    m = g.add("QwenImageModelLoader", (COL[0], ROW0), (300, 82), unet_name=model_file, weight_dtype="default",
               gpu_blocks=-1)
-    t = g.add("QwenImageTextEncoderLoader", (x, 240), clip_name=TE_FILE, device="default")
-    v = g.add("QwenImageVAELoader", (x, 400), (320, 60), vae_name=VAE_FILE)
+    t = g.add("QwenImageTextEncoderLoader", (COL[0], below(m)), (300, 82), clip_name=files[0], device="default")
+    v = g.add("QwenImageVAELoader", (COL[0], below(t)), (300, 58), vae_name=files[1])
     return m, t, v
 
 
+def prompts(g, t, text):
+    pos = g.add("QwenImageTextEncode", (COL[1], ROW0), (360, PROMPT_H), text_encoder=(t, 0), text=text)
+    neg = g.add("QwenImageTextEncode", (COL[1], below(pos)), (360, NEGATIVE_H), text_encoder=(t, 0), text=NEGATIVE,
+                title="Negative prompt")
+    return pos, neg
+
+
 def tail(g, model, pos, neg, latent, vae, *, steps=50, cfg=4.0, shift_mode="dynamic", shift=3.1, denoise=1.0,
-         mask=None, prefix="Qwen-Image", seed=42):
-    s = g.add("QwenImageSampler", (840, 80), (320, 330), model=(model, 0), positive=pos, negative=neg,
+         mask=None, prefix="Qwen-Image", seed=42, preview_vae=False):
+    s = g.add("QwenImageSampler", (COL[2], 0), (300, 350), model=(model, 0), positive=pos, negative=neg,
               latent=latent, seed=seed, steps=steps, cfg=cfg, shift_mode=shift_mode, shift=shift, denoise=denoise,
-              mask=mask)
-    d = g.add("QwenImageVAEDecode", (1200, 80), (280, 160), vae=(vae, 0), samples=(s, 0), tiled=False,
+              mask=mask, vae=(vae, 0) if preview_vae else None)
+    d = g.add("QwenImageVAEDecode", (COL[2], below(s)), (300, 150), vae=(vae, 0), samples=(s, 0), tiled=False,
               tile_size=256, overlap=64)
-    g.add("SaveImage", (1520, 80), (420, 460), images=(d, 0), filename_prefix=prefix)
+    g.add("SaveImage", (COL[3], 0), (360, 420), images=(d, 0), filename_prefix=prefix)
     return s
 
 
@@ -168,22 +201,19 @@ def text_to_image(lora=None, lightning=False):
     m, t, v = loaders(g)
     model = m
     if lora:
-        model = g.add("QwenImageLoraLoader", (0, 500), (320, 110), model=(m, 0), lora_name=lora,
+        model = g.add("QwenImageLoraLoader", (COL[0], below(v)), (300, 82), model=(m, 0), lora_name=lora,
                       strength=1.0 if lightning else 0.8)
-    pos = g.add("QwenImageTextEncode", (400, 80), (400, 200), text_encoder=(t, 0),
-                text='A coffee shop entrance with a chalkboard sign that reads "Qwen Coffee 😊 $2 per cup", '
-                     'a neon light beside it displaying "通义千问", warm morning light, photorealistic')
-    neg = g.add("QwenImageTextEncode", (400, 320), (400, 120), text_encoder=(t, 0), text=NEGATIVE,
-                title="Negative prompt")
-    lat = g.add("QwenImageEmptyLatent", (400, 480), (320, 130), aspect="16:9 (1664x928)", width=1664, height=928,
-                batch_size=1)
+    pos, neg = prompts(g, t, 'A coffee shop entrance with a chalkboard sign that reads "Qwen Coffee 😊 $2 per cup", '
+                             'a neon light beside it displaying "通义千问", warm morning light, photorealistic')
+    lat = g.add("QwenImageEmptyLatent", (COL[1], below(neg)), (300, 130), aspect="16:9 (1664x928)", width=1664,
+                height=928, batch_size=1)
     kw = dict(steps=8, cfg=1.0, shift_mode="fixed", shift=3.1) if lightning else {}
     tail(g, model, (pos, 0), (neg, 0), (lat, 0), v, **kw)
     note = DOWNLOADS
     if lora:
         note += (f"\n- loras/{lora}  (lightx2v/Qwen-Image-Lightning: 8 steps, cfg 1)" if lightning else
                  f"\n- loras/{lora}  (any Qwen-Image LoRA: kohya, diffusers, ComfyUI, LyCORIS formats)")
-    g.note((0, -260), note + ("\nLightning: 8 steps at cfg 1 (guidance is distilled in), fixed shift 3.1." if
+    g.note(note + ("\nLightning: 8 steps at cfg 1 (guidance is distilled in), fixed shift 3.1." if
                               lightning else "\nOfficial settings: 50 steps, true CFG 4, the dynamic shift."))
     return g
 
@@ -192,14 +222,12 @@ def from_image(title, image, text, note, inpaint=False):
     """Image-to-image (denoise 0.7) or inpainting (Load Image's mask, full denoise)."""
     g = Graph(title)
     m, t, v = loaders(g)
-    img = g.add("LoadImage", (0, 520), (320, 320), image=image)
-    enc = g.add("QwenImageVAEEncode", (400, 520), (320, 160), vae=(v, 0), pixels=(img, 0), tiled=False,
-                tile_size=256, overlap=64)
-    pos = g.add("QwenImageTextEncode", (400, 80), (400, 200), text_encoder=(t, 0), text=text)
-    neg = g.add("QwenImageTextEncode", (400, 320), (400, 120), text_encoder=(t, 0), text=NEGATIVE,
-                title="Negative prompt")
+    img = g.add("LoadImage", (COL[0], below(v)), (300, 320), image=image)
+    enc = g.add("QwenImageVAEEncode", (COL[1], ROW0 + PROMPT_H + NEGATIVE_H + 2 * (TITLE + GAP)), (300, 150),
+                vae=(v, 0), pixels=(img, 0), tiled=False, tile_size=256, overlap=64)  # under the prompts
+    pos, neg = prompts(g, t, text)
     tail(g, m, (pos, 0), (neg, 0), (enc, 0), v, **(dict(mask=(img, 1)) if inpaint else dict(denoise=0.7)))
-    g.note((0, -260), DOWNLOADS + note)
+    g.note(DOWNLOADS + note)
     return g
 
 
@@ -219,19 +247,20 @@ def inpainting():
 def edit(multi=False):
     g = Graph("Qwen-Image-Edit: " + ("multi-image edit" if multi else "edit"))
     m, t, v = loaders(g, EDIT_FILE)
-    img1 = g.add("LoadImage", (0, 520), (320, 320), image="example.png")
+    img1 = g.add("LoadImage", (COL[0], below(v)), (300, 320), image="example.png")
     extra = {}
-    if multi:
-        img2 = g.add("LoadImage", (0, 880), (320, 320), image="example_2.png")
-        extra = {"image2": (img2, 0)}
     text = ("Put the person of picture 1 in the scene of picture 2, at golden hour" if multi else
             "Change the sky to a starry night and add the text \"Qwen\" in neon on the wall")
-    pos = g.add("QwenImageEditEncode", (400, 80), (400, 220), text_encoder=(t, 0), vae=(v, 0), prompt=text,
+    if multi:  # under the prompts: the second picture
+        img2 = g.add("LoadImage", (COL[1], ROW0 + 220 + 170 + 2 * (TITLE + GAP)), (300, 320), image="example_2.png")
+        extra = {"image2": (img2, 0)}
+    pos = g.add("QwenImageEditEncode", (COL[1], ROW0), (360, 220), text_encoder=(t, 0), vae=(v, 0), prompt=text,
                 image1=(img1, 0), template="edit_plus (Edit-2509/2511)", **extra)
-    neg = g.add("QwenImageEditEncode", (400, 340), (400, 160), text_encoder=(t, 0), vae=(v, 0), prompt=NEGATIVE,
-                image1=(img1, 0), template="edit_plus (Edit-2509/2511)", title="Negative prompt", **extra)
+    neg = g.add("QwenImageEditEncode", (COL[1], below(pos)), (360, 170), text_encoder=(t, 0), vae=(v, 0),
+                prompt=NEGATIVE, image1=(img1, 0), template="edit_plus (Edit-2509/2511)", title="Negative prompt",
+                **extra)
     tail(g, m, (pos, 0), (neg, 0), (pos, 1), v, steps=40)
-    g.note((0, -260), EDIT_DOWNLOADS + "\nThe output takes the last picture's aspect at about a megapixel. "
+    g.note(EDIT_DOWNLOADS + "\nThe output takes the last picture's aspect at about a megapixel. "
                                        "Official settings: 40 steps, true CFG 4." +
            ("\nUp to 3 pictures: wire image3 for a third." if multi else ""))
     return g
@@ -245,18 +274,14 @@ DEMO_SIZE, DEMO_STEPS, DEMO_CFG = 64, 20, 1.0  # trained without dropped caption
 def demo():
     """The demo model shipped in demo/models/ (built by python -m qwenimage.training.demo): seconds on a CPU."""
     g = Graph("Qwen-Image demo: a tiny model trained here on shapes, colours and words")
-    m = g.add("QwenImageModelLoader", (0, 80), (320, 110), unet_name=DEMO_FILES["unet"], weight_dtype="default",
-              gpu_blocks=-1)
-    t = g.add("QwenImageTextEncoderLoader", (0, 240), clip_name=DEMO_FILES["clip"], device="default")
-    v = g.add("QwenImageVAELoader", (0, 400), (320, 60), vae_name=DEMO_FILES["vae"])
-    pos = g.add("QwenImageTextEncode", (400, 80), (400, 200), text_encoder=(t, 0),
-                text="a blue triangle on a white background")
-    neg = g.add("QwenImageTextEncode", (400, 320), (400, 120), text_encoder=(t, 0), text=NEGATIVE,
-                title="Negative prompt")
-    lat = g.add("QwenImageEmptyLatent", (400, 480), (320, 130), aspect="custom", width=DEMO_SIZE,
+    m, t, v = loaders(g, DEMO_FILES["unet"], (DEMO_FILES["clip"], DEMO_FILES["vae"]))
+    pos, neg = prompts(g, t, "a blue triangle on a white background")
+    lat = g.add("QwenImageEmptyLatent", (COL[1], below(neg)), (300, 130), aspect="custom", width=DEMO_SIZE,
                 height=DEMO_SIZE, batch_size=1)
-    tail(g, m, (pos, 0), (neg, 0), (lat, 0), v, steps=DEMO_STEPS, cfg=DEMO_CFG, prefix="Qwen-Image-demo")
-    g.note((0, -260), "The demo model: a 64 x 64 px Qwen-Image-architecture model our trainer made from synthetic "
+    # the demo VAE has latent statistics of its own: the sampler's live previews need it to show its colours
+    tail(g, m, (pos, 0), (neg, 0), (lat, 0), v, steps=DEMO_STEPS, cfg=DEMO_CFG, prefix="Qwen-Image-demo",
+         preview_vae=True)
+    g.note("The demo model: a 64 x 64 px Qwen-Image-architecture model our trainer made from synthetic "
                       "data. qwenimage serve lists its files from demo/models/ as they are; in ComfyUI copy them "
                       "into ComfyUI/models/: diffusion_models/" + DEMO_FILES["unet"] + ", text_encoders/"
                       + DEMO_FILES["clip"] + ", vae/" + DEMO_FILES["vae"] + ".\nIt knows square, circle, "
@@ -280,6 +305,47 @@ WORKFLOWS = {
 }
 
 
+THUMB_SIZE = (320, 200)  # px; the template browser's cards are about this size
+KIND_COLOURS = {"Loader": (58, 92, 140), "Encode": (70, 120, 80), "Sampler": (140, 90, 50),
+                "Latent": (110, 80, 140), "Image": (120, 70, 70), "Note": (100, 80, 40)}
+
+
+def _colour(node_type: str):
+    return next((c for k, c in KIND_COLOURS.items() if k in node_type), (80, 80, 90))
+
+
+def thumbnail(ui: dict):
+    """A small drawing of the graph for the template browser's card: each node a box in its kind's colour with
+    its title bar, each link a line. Drawn from the workflow alone, so it is the same picture every time."""
+    from PIL import Image, ImageDraw
+
+    nodes = ui["nodes"]
+    x0 = min(n["pos"][0] for n in nodes)
+    y0 = min(n["pos"][1] for n in nodes) - TITLE
+    x1 = max(n["pos"][0] + n["size"][0] for n in nodes)
+    y1 = max(n["pos"][1] + n["size"][1] for n in nodes)
+    pad = 10
+    k = min((THUMB_SIZE[0] - 2 * pad) / (x1 - x0), (THUMB_SIZE[1] - 2 * pad) / (y1 - y0))
+
+    def at(x, y):
+        return pad + (x - x0) * k, pad + (y - y0) * k
+
+    im = Image.new("RGB", THUMB_SIZE, (32, 32, 36))
+    d = ImageDraw.Draw(im)
+    by_id = {n["id"]: n for n in nodes}
+    for _, a, _, b, _, _ in ui["links"]:
+        na, nb = by_id[a], by_id[b]
+        d.line([at(na["pos"][0] + na["size"][0], na["pos"][1] + 10), at(nb["pos"][0], nb["pos"][1] + 10)],
+               fill=(150, 150, 160), width=1)
+    for n in nodes:
+        c = _colour(n["type"])
+        top = at(n["pos"][0], n["pos"][1] - TITLE)
+        bottom = at(n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+        d.rectangle([top, bottom], fill=tuple(v // 2 for v in c), outline=c)
+        d.rectangle([top, at(n["pos"][0] + n["size"][0], n["pos"][1])], fill=c)
+    return im
+
+
 def main() -> None:
     out = os.path.join(ROOT, "workflows")
     os.makedirs(os.path.join(out, "api"), exist_ok=True)  # apart: ComfyUI lists every workflows/*.json as a template
@@ -289,7 +355,9 @@ def main() -> None:
             with open(os.path.join(out, sub, f"{name}.json"), "w", encoding="utf-8") as fh:
                 json.dump(data, fh, indent=2, ensure_ascii=False)
                 fh.write("\n")
-        print(f"workflows/{name}.json, workflows/api/{name}.json")
+        # the template browser's card: <name>.jpg beside <name>.json (ComfyUI's convention for a pack's templates)
+        thumbnail(g.ui()).save(os.path.join(out, f"{name}.jpg"), quality=85, optimize=True)
+        print(f"workflows/{name}.json, workflows/{name}.jpg, workflows/api/{name}.json")
 
 
 if __name__ == "__main__":

@@ -185,8 +185,9 @@ class Browser:
         self.pages: list = []
 
     @classmethod
-    def launch(cls, workdir, executable=None, timeout=60):
-        return _Launcher(workdir, executable, timeout)
+    def launch(cls, workdir, executable=None, timeout=60, window=(1400, 900)):
+        """window: (width, height) of the page's viewport in CSS px."""
+        return _Launcher(workdir, executable, timeout, window)
 
     async def new_page(self) -> Page:
         base = f"http://127.0.0.1:{self.port}"
@@ -214,8 +215,9 @@ class Browser:
 
 
 class _Launcher:
-    def __init__(self, workdir, executable, timeout):
+    def __init__(self, workdir, executable, timeout, window=(1400, 900)):
         self.workdir, self.executable, self.timeout = Path(workdir), executable or find_chromium(), timeout
+        self.window = window
         self.browser = None
 
     async def __aenter__(self) -> Browser:
@@ -224,7 +226,9 @@ class _Launcher:
         user_dir = self.workdir / "chromium-profile"
         user_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "chromium.log", "wb")
-        proc = subprocess.Popen([self.executable, *FLAGS, f"--user-data-dir={user_dir}", "about:blank"],
+        flags = [f"--window-size={self.window[0]},{self.window[1]}" if f.startswith("--window-size=") else f
+                 for f in FLAGS]
+        proc = subprocess.Popen([self.executable, *flags, f"--user-data-dir={user_dir}", "about:blank"],
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LANG": "en_US.UTF-8"})
         port_file = user_dir / "DevToolsActivePort"
         deadline = time.monotonic() + self.timeout
@@ -319,3 +323,16 @@ async def toasts(page: Page) -> list:
     """The texts of the toasts on screen."""
     return json.loads(await page.eval(
         f"JSON.stringify([...document.querySelectorAll({json.dumps(TOAST)})].map(e => e.innerText))"))
+
+
+async def node_on_screen(page: Page, node_type: str) -> dict:
+    """Where the first node of a type is drawn, in CSS px of the page ({left, top, right, bottom}, title bar
+    included), and the canvas element's box ({canvas: ...}): the canvas draws graph point p at
+    (p + offset) * scale, from the canvas element's corner."""
+    return json.loads(await page.eval(
+        "(() => { const n = app.graph._nodes.find(n => n.type === " + json.dumps(node_type) + "); "
+        "const ds = app.canvas.ds, r = app.canvas.canvas.getBoundingClientRect(), t = LiteGraph.NODE_TITLE_HEIGHT; "
+        "const x = v => r.left + (v + ds.offset[0]) * ds.scale, y = v => r.top + (v + ds.offset[1]) * ds.scale; "
+        "return JSON.stringify({left: x(n.pos[0]), top: y(n.pos[1] - t), right: x(n.pos[0] + n.size[0]), "
+        "bottom: y(n.pos[1] + n.size[1]), scale: ds.scale, "
+        "canvas: {left: r.left, top: r.top, right: r.right, bottom: r.bottom}}); })()"))

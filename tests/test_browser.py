@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from _browser import (RUN_BUTTON, TOAST, Browser, click, command, find_chromium, graph_of, listen, open_editor,
-                      output_images, server_node_types, toasts, wait_run)
+from _browser import (RUN_BUTTON, TOAST, Browser, click, command, find_chromium, graph_of, listen, node_on_screen,
+                      open_editor, output_images, server_node_types, toasts, wait_run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
@@ -231,3 +231,54 @@ async def _demo(url, tmp_path):
     words = prompt.split()  # "a red circle on a blue background"
     assert (color, background) == (words[1], words[-2]), (prompt, classify(im))
     return {"prompt": prompt, "seconds": seconds, "classified": classify(im)}
+
+
+def test_small_window_shows_the_output_and_the_template_cards(served, tmp_path):
+    """Issue 24, at 1366 x 768 in a fresh profile: the first screen fits the graph to the window, so after Run
+    the Save Image node (and its image) is inside the viewport; the template browser opens with no console
+    error, and every template's thumbnail is served."""
+    from qwenimage.nodes import server as S
+
+    srv = S.PromptServer(user_dir=tmp_path / "user")
+    with S.ServerThread(srv) as url:
+        report = asyncio.run(_small_window(url, tmp_path))
+    print(json.dumps(report, indent=1))
+
+
+async def _small_window(url, tmp_path):
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/api/workflow_templates") as r:
+        templates = json.load(r)
+    async with Browser.launch(tmp_path, window=(1366, 768)) as browser:
+        page = await open_editor(browser, url)
+        await asyncio.sleep(1.0)  # the extension's fit is applied on the next frame
+        width, height = json.loads(await page.eval("JSON.stringify([window.innerWidth, window.innerHeight])"))
+        assert width == 1366 and height <= 768  # the window; the page gets what the browser's frame leaves
+        await page.eval(SPEED_UP)
+        await listen(page)
+        await click(page, RUN_BUTTON)
+        events = await wait_run(page)
+        assert "execution_success" in [e[0] for e in events], events
+        await output_images(page)
+        await asyncio.sleep(0.5)
+        await page.screenshot(tmp_path / "small_window.png")
+        box = await node_on_screen(page, "SaveImage")
+        assert box["scale"] >= 0.5, box  # the canvas still draws the nodes' text
+        assert 0 <= box["left"] and box["right"] <= width and 0 <= box["top"] and box["bottom"] <= height, box
+
+        await command(page, "Comfy.BrowseTemplates")
+        await page.wait_for("document.body.innerText.includes('demo') ? 'yes' : ''", timeout=30)
+        await asyncio.sleep(2.0)  # the cards' thumbnails load
+        await page.screenshot(tmp_path / "templates.png")
+        thumbs = {}
+        for module, names in templates.items():
+            for name in names:
+                path = f"/api/workflow_templates/{module}/{name}.jpg"
+                thumbs[name] = await page.eval(f"fetch({json.dumps(path)}).then(r => r.status + ' ' + "
+                                               "r.headers.get('content-type'))")
+        assert thumbs and all(v == "200 image/jpeg" for v in thumbs.values()), thumbs
+        failures, errors = page.failures(), page.console_errors()
+        assert not failures, "failed requests:\n" + "\n".join(failures)
+        assert not errors, "console errors:\n" + "\n".join(errors)
+    return {"save_image": box, "thumbnails": thumbs}

@@ -27,7 +27,6 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 DEMO, FALLBACK = "demo", "text_to_image"
 # loader inputs that name a model file, as ComfyUI's loaders call them, and the folder each file goes in
 FILE_INPUTS = {"unet_name": "diffusion_models", "clip_name": "text_encoders", "vae_name": "vae"}
-CAMERA_SCALE, CAMERA_MARGIN = 0.75, (80, 110)  # px from the canvas' corner: clear of the floating toolbar
 
 
 def _read(folder: Path, name: str) -> Optional[dict]:
@@ -78,28 +77,18 @@ def _with_note(workflow: dict, text: str) -> dict:
     return wf
 
 
-def _camera(workflow: dict, scale=CAMERA_SCALE, margin=CAMERA_MARGIN) -> dict:
-    """The workflow with a camera on its top-left corner (the note) at a scale where the text is drawn: fitting
-    the whole graph into a laptop's window zooms out so far that the canvas draws bare boxes."""
-    wf = copy.deepcopy(workflow)
-    left = min((n["pos"][0] for n in wf["nodes"]), default=0)
-    top = min((n["pos"][1] for n in wf["nodes"]), default=0)
-    # the canvas draws graph point p at (p + offset) * scale
-    wf.setdefault("extra", {})["ds"] = {"scale": scale, "offset": [margin[0] / scale - left, margin[1] / scale - top]}
-    return wf
-
-
 def first_workflow(mappings: dict, folder: Path) -> tuple[str, Optional[dict]]:
     """(name, UI-format graph) for a new browser: the demo when its API twin validates here (its model files
-    are present), else text-to-image, its note naming the files it lacks and where they go."""
+    are present), else text-to-image, its note naming the files it lacks and where they go. The graph keeps
+    its saved view; the extension fits it to the window it opens in."""
     demo, demo_api = _read(folder, DEMO), _read(folder / "api", DEMO)
     if demo is not None and demo_api is not None and validate_prompt(demo_api, mappings).ok:
-        return DEMO, _camera(demo)
+        return DEMO, demo
     wf, api = _read(folder, FALLBACK), _read(folder / "api", FALLBACK)
     if wf is None:
         return FALLBACK, None
     missing = missing_files(api or {})
-    return FALLBACK, _camera(_with_note(wf, where_files_go(missing)) if missing else wf)
+    return FALLBACK, _with_note(wf, where_files_go(missing)) if missing else wf
 
 
 @routes.get("/qwenimage/first_screen")

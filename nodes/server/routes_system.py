@@ -153,7 +153,10 @@ async def workflow_templates(request):
 async def workflow_template(request):
     folder = server_of(request).template_dirs.get(request.match_info["module"])
     name = request.match_info["name"]
-    if folder is None or not name.endswith(".json") or name[:-5] not in example_workflows(Path(folder)):
+    stem, dot, ext = name.rpartition(".")
+    # a template's graph, or its card's thumbnail (<name>.jpg beside it, as ComfyUI serves a pack's templates)
+    if folder is None or ext not in ("json", "jpg") or stem not in example_workflows(Path(folder)) \
+            or not (Path(folder) / name).is_file():
         return web.Response(status=404)
     return web.FileResponse(Path(folder) / name)
 

@@ -56,6 +56,37 @@ function showMissing(missing) {
   });
 }
 
+// Fit the whole graph into the visible canvas (issue 24: at a fixed zoom the output node was off-screen on a
+// 1366 px window): clear of the sidebar and menus (MARGIN, screen px), never above 1x. The canvas draws graph
+// point p at (p + offset) * scale.
+const MARGIN = { left: 80, top: 110, right: 30, bottom: 40 };
+const TITLE_HEIGHT = 30;
+
+function fitView(graph, width, height) {
+  const nodes = graph?.nodes ?? [];
+  if (!nodes.length || !width || !height) return null;
+  const x0 = Math.min(...nodes.map((n) => n.pos[0]));
+  const y0 = Math.min(...nodes.map((n) => n.pos[1] - TITLE_HEIGHT));
+  const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
+  const y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+  const w = width - MARGIN.left - MARGIN.right;
+  const h = height - MARGIN.top - MARGIN.bottom;
+  const scale = Math.min(1, w / (x1 - x0), h / (y1 - y0));
+  return { scale, offset: [MARGIN.left / scale - x0, MARGIN.top / scale - y0] };
+}
+
+function canvasSize() {
+  const el = app.canvas?.canvas;
+  return [el?.clientWidth || window.innerWidth, el?.clientHeight || window.innerHeight];
+}
+
+function applyView(ds) {
+  if (!ds || !app.canvas?.ds) return;
+  app.canvas.ds.scale = ds.scale;
+  app.canvas.ds.offset = [...ds.offset];
+  app.canvas.setDirty(true, true);
+}
+
 app.registerExtension({
   name: "qwenimage.FirstScreen",
   async init() {
@@ -69,12 +100,20 @@ app.registerExtension({
   },
   beforeConfigureGraph(graph) {
     loadingOurs = !!ours?.workflow && isBuiltinDefault(graph);
-    if (loadingOurs) replaceContents(graph, ours.workflow);
+    if (loadingOurs) {
+      replaceContents(graph, ours.workflow);
+      const ds = fitView(graph, ...canvasSize());
+      if (ds) (graph.extra ??= {}).ds = ds; // the view the frontend restores with the graph
+    }
   },
   loadedGraphNode(node) {
     if (loadingOurs) firstChoiceForUnknownValues(node);
   },
   afterConfigureGraph(missing) {
+    if (loadingOurs) {
+      const ds = fitView(app.graph, ...canvasSize()); // the frontend's node sizes, once it has laid them out
+      requestAnimationFrame(() => applyView(ds));
+    }
     loadingOurs = false;
     showMissing(missing);
   },
