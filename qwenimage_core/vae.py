@@ -123,12 +123,14 @@ class RMSNorm(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, cin, cout, dropout=0.0):
+    """`conv(cin, cout, k)` builds the convolutions: 5-D causal ones here, plain 2-D ones in the 2.1 VAE."""
+
+    def __init__(self, cin, cout, dropout=0.0, conv=CausalConv3d):
         super().__init__()
-        self.norm1, self.conv1 = RMSNorm(cin), CausalConv3d(cin, cout)
-        self.norm2, self.conv2 = RMSNorm(cout), CausalConv3d(cout, cout)
+        self.norm1, self.conv1 = RMSNorm(cin), conv(cin, cout, 3)
+        self.norm2, self.conv2 = RMSNorm(cout), conv(cout, cout, 3)
         self.dropout = nn.Dropout(dropout)
-        self.conv_shortcut = CausalConv3d(cin, cout, k=1) if cin != cout else nn.Identity()
+        self.conv_shortcut = conv(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x):
         h = self.conv1(F.silu(self.norm1(x), inplace=True))
@@ -159,27 +161,29 @@ class Upsample(nn.Upsample):
 
 
 class Resample(nn.Module):
-    """2x down (zero-pad right/bottom, stride-2 conv) or up (nearest-exact, conv halving the channels). The 3-D
-    modes' `time_conv` is there for the weights: on a first frame the reference skips it."""
+    """2x down (zero-pad right/bottom, stride-2 conv) or up (nearest-exact, conv to `out_dim`: default half the
+    channels). The 3-D modes' `time_conv` is there for the weights: on a first frame the reference skips it; it is
+    a (3, 1, 1) causal convolution, or what `time_conv(cin, cout)` builds (the 2.1 VAE's 1x1 Conv2d)."""
 
-    def __init__(self, dim, mode):
+    def __init__(self, dim, mode, out_dim=None, time_conv=None):
         super().__init__()
         if mode.startswith("up"):
             self.resample = nn.Sequential(Upsample(scale_factor=2.0, mode="nearest-exact"),
-                                          nn.Conv2d(dim, dim // 2, 3, padding=1))
+                                          nn.Conv2d(dim, dim // 2 if out_dim is None else out_dim, 3, padding=1))
         else:
             self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
         if mode.endswith("3d"):
-            self.time_conv = CausalConv3d(dim, dim * 2 if mode.startswith("up") else dim, k=1, kt=3)
+            cout = dim * 2 if mode.startswith("up") else dim
+            self.time_conv = CausalConv3d(dim, cout, k=1, kt=3) if time_conv is None else time_conv(dim, cout)
 
     def forward(self, x):
         return self.resample(x)
 
 
 class MidBlock(nn.Module):
-    def __init__(self, dim, dropout=0.0):
+    def __init__(self, dim, dropout=0.0, conv=CausalConv3d):
         super().__init__()
-        self.resnets = nn.ModuleList([ResidualBlock(dim, dim, dropout), ResidualBlock(dim, dim, dropout)])
+        self.resnets = nn.ModuleList([ResidualBlock(dim, dim, dropout, conv), ResidualBlock(dim, dim, dropout, conv)])
         self.attentions = nn.ModuleList([AttentionBlock(dim)])
 
     def forward(self, x):
@@ -279,9 +283,11 @@ def _randn(shape, generator, like: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Tiling:
-    """Tiles of `tile` pixels overlapping by `overlap` pixels (the reference's defaults: 256, stride 192)."""
+    """Tiles of `tile` pixels overlapping by `overlap` pixels (the reference's defaults: 256, stride 192).
+    as_diffusers: lay and blend the tiles as diffusers does (see _diffusers_weights), not as our mean."""
     tile: int = 256
     overlap: int = 64
+    as_diffusers: bool = False
 
 
 class QwenImageVAE(nn.Module):
@@ -298,6 +304,8 @@ class QwenImageVAE(nn.Module):
         self.scale_factor = 2 ** len(c.temperal_downsample)
         self.tiling: Tiling | None = None
 
+    tiles_as_diffusers = False  # the tile layout and blend enable_tiling sets up: ours (see _tiled) or diffusers'
+
     @property
     def dtype(self) -> torch.dtype:
         return self.quant_conv.weight.dtype
@@ -311,7 +319,9 @@ class QwenImageVAE(nn.Module):
         f = self.scale_factor
         if tile % f or overlap % f or not 0 <= overlap < tile:
             raise ValueError(f"tile {tile} and overlap {overlap} must be multiples of {f} with overlap < tile")
-        self.tiling = Tiling(tile, overlap)
+        if self.tiles_as_diffusers and 2 * overlap > tile:
+            raise ValueError(f"overlap {overlap} must be at most half the tile {tile} (diffusers' blend)")
+        self.tiling = Tiling(tile, overlap, self.tiles_as_diffusers)
 
     def disable_tiling(self) -> None:
         self.tiling = None
@@ -357,23 +367,30 @@ class QwenImageVAE(nn.Module):
     def _tiled(self, fn, x: torch.Tensor, up: bool) -> torch.Tensor:
         """Run `fn` on overlapping tiles of x. Each output pixel is the weighted mean of the tiles covering it,
         the weights ramping linearly across the overlap (in pixels for decode, in latents for encode), so seams
-        fade out; the last tile in each direction sits flush with the edge. Accumulated in float32."""
+        fade out; the last tile in each direction sits flush with the edge. Accumulated in float32. With
+        `as_diffusers`, the tiles and weights are diffusers' instead (_diffusers_weights)."""
         f = self.scale_factor
         tile, overlap = self.tiling.tile, self.tiling.overlap
         if up:  # tile sizes are given in pixels; decode tiles the latents
             tile, overlap = tile // f, overlap // f
         scale = (lambda n: n * f) if up else (lambda n: n // f)  # input units -> output units
         H, W = x.shape[-2:]
+        stride, exact = tile - overlap, self.tiling.as_diffusers
+        rows, cols = ([*range(0, n, stride)] if exact else _starts(n, tile, stride) for n in (H, W))
+        sizes = [[scale(min(tile, n - s)) for s in starts] for n, starts in ((H, rows), (W, cols))]  # output units
         out = weight = None
-        for top in _starts(H, tile, tile - overlap):
-            for left in _starts(W, tile, tile - overlap):
+        for i, top in enumerate(rows):
+            for j, left in enumerate(cols):
                 y = fn(x[..., top:top + tile, left:left + tile]).float()
                 if out is None:
                     out = y.new_zeros(*y.shape[:2], scale(H), scale(W))
                     weight = y.new_zeros(scale(H), scale(W))
                 h, w = y.shape[-2:]
-                ramp = (_ramp(h, scale(overlap), top > 0, top + tile < H)[:, None]
-                        * _ramp(w, scale(overlap), left > 0, left + tile < W)[None, :]).to(y.device)
+                if exact:
+                    ramp = _diffusers_weights(sizes, i, j, scale(stride), scale(overlap)).to(y.device)
+                else:
+                    ramp = (_ramp(h, scale(overlap), top > 0, top + tile < H)[:, None]
+                            * _ramp(w, scale(overlap), left > 0, left + tile < W)[None, :]).to(y.device)
                 t, l = scale(top), scale(left)
                 out[..., t:t + h, l:l + w] += y * ramp
                 weight[t:t + h, l:l + w] += ramp
@@ -394,6 +411,31 @@ def _ramp(n, width, fade_in, fade_out):
     if fade_out and width:
         r[-width:] = torch.minimum(r[-width:], edge.flip(0))
     return r
+
+
+def _diffusers_weights(sizes, i, j, stride, overlap) -> torch.Tensor:
+    """Tile (i, j)'s weights in diffusers' tiling (for overlap <= stride). Its tiles start every `stride` from 0
+    (the last ones cut by the edge); each is blended in place with its upper neighbour, then with its left one,
+    both already blended (B), and keeps its first stride x stride pixels: B = L (1 - wx) + wx (U (1 - wy) + T wy),
+    the w ramping 0 -> 1 over the overlap (cut to the tiles' sizes). Unrolled to raw tiles, a pixel is
+        T wy wx  +  T_left wy (1 - wx)  +  T_up (1 - wy) wx^2  +  T_upleft (1 - wy) (1 - wx) (1 + wx),
+    weights adding up to 1; here they are laid out on tile (i, j): its own part (local < stride on an axis) with
+    its own ramps, the parts its right and lower neighbours keep with theirs."""
+    def axis(sizes, k):  # the ramp in over its own part; 1 - the next tile's ramp over the part that tile keeps
+        n = sizes[k]
+        own, nxt = torch.zeros(n), torch.zeros(n)
+        own[:stride] = 1
+        if k > 0:
+            m = min(sizes[k - 1], n, overlap)
+            own[:m] = torch.arange(m) / m
+        if k + 1 < len(sizes):
+            m = min(n, sizes[k + 1], overlap)
+            nxt[stride:stride + m] = 1 - torch.arange(m) / m
+        return own, nxt
+
+    wy, uy = axis(sizes[0], i)
+    wx, ux = axis(sizes[1], j)  # u: 1 - the neighbour's w, where the neighbour keeps the pixels
+    return wy[:, None] * (wx + ux)[None, :] + uy[:, None] * (wx * wx + ux * (2 - ux))[None, :]
 
 
 def _frame(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
