@@ -171,3 +171,36 @@ def test_served_listed_and_answered(server):
         assert json.loads(body) == {"name": expected[0], "workflow": expected[1]}
     settings = json.loads(get(server + "/settings")[2])
     assert settings["Comfy.Workflow.ShowMissingNodesWarning"] is False  # our message replaces the pack hint
+
+
+def test_serve_imports_what_the_first_run_needs_before_it(tmp_path, monkeypatch):
+    """Issue 24 item 7: transformers' Qwen2.5-VL import was ~80% of a cold first Run. `qwenimage serve` has its
+    worker import it at start, while the user opens the page (here: a stand-in module, as the suite imported
+    transformers long ago; web.run_app stopped at once)."""
+    import sys
+    import time
+
+    from qwenimage.nodes.server import app as A
+    from qwenimage.nodes.server import run as R
+
+    made = []
+    monkeypatch.setattr(R.web, "run_app", lambda app, **kw: made.append(app[A.SERVER]))
+    old = (host.models_dir(), host.input_dir(), host.output_dir(), host.temp_dir())
+    try:
+        R.serve(port=1, models_dir=tmp_path / "models", input_dir=tmp_path / "in", output_dir=tmp_path / "out",
+                temp_dir=tmp_path / "tmp", user_dir=tmp_path / "user")
+    finally:
+        host.set_models_dir(old[0])
+        host.set_dirs(*old[1:])
+    assert "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl" in made[0].warm_modules
+
+    (tmp_path / "warm_probe_24.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "warm_probe_24", raising=False)
+    srv = S.PromptServer(user_dir=tmp_path / "user")
+    srv.warm_modules = ("warm_probe_24",)
+    with S.ServerThread(srv):
+        deadline = time.monotonic() + 30
+        while "warm_probe_24" not in sys.modules and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "warm_probe_24" in sys.modules

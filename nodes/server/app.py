@@ -65,6 +65,12 @@ def default_mappings():
             {**BUILTIN_NODE_DISPLAY_NAME_MAPPINGS, **NODE_DISPLAY_NAME_MAPPINGS})
 
 
+# What a first run imports that start-up does not: transformers' Qwen2.5-VL, ~80% of a cold first Run.
+# `qwenimage serve` has its worker import them before it takes the first prompt (one thread: transformers'
+# lazy modules are not safe to import from two threads at once).
+WARM_IMPORTS = ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "transformers.models.qwen2.tokenization_qwen2")
+
+
 class PromptServer:
     def __init__(self, mappings=None, display_names=None, web_root=None, user_dir="user",
                  max_upload_mb: float = MAX_UPLOAD_MB, preview_method: str = "none", limits: Optional[Limits] = None,
@@ -97,6 +103,7 @@ class PromptServer:
         self.last_node_id = None
         self.running_prompt_id = None
         self._worker: Optional[threading.Thread] = None
+        self.warm_modules: tuple = ()  # modules the worker imports before its first prompt (WARM_IMPORTS)
         self._stop = threading.Event()
         self.app = self._make_app()
 
@@ -174,7 +181,20 @@ class PromptServer:
             self.executor.reset()  # cached outputs hold the loaded models
             host.free_memory(unload_models=True)
 
+    def _warm(self):
+        import importlib
+
+        t0 = time.perf_counter()
+        for name in self.warm_modules:
+            try:
+                importlib.import_module(name)
+            except Exception as e:  # noqa: BLE001 - the run that needs it reports the error
+                log.debug("warm-up import of %s failed: %s", name, e)
+        if self.warm_modules:
+            log.debug("warm-up imports took %.1f s", time.perf_counter() - t0)
+
     def _work(self):
+        self._warm()
         while not self._stop.is_set():
             self._apply_flags()
             item = self.queue.get(timeout=0.5)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .. import host
 from ..limits import Limits
-from .app import MAX_UPLOAD_MB, PromptServer
+from .app import MAX_UPLOAD_MB, WARM_IMPORTS, PromptServer
 from .previews import SERVER_METHODS
 
 
@@ -89,6 +89,7 @@ def serve(listen="127.0.0.1", port=8188, models_dir=None, input_dir=None, output
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limits.max_image_pixels)
     server = PromptServer(user_dir=user_dir, max_upload_mb=max_upload_mb, preview_method=preview_method,
                           limits=limits, allowed_origins=allowed_origins, allowed_hosts=allowed_hosts)
+    server.warm_modules = WARM_IMPORTS  # imported while the user opens the page, not on the first Run
     shown = f"[{listen}]" if ":" in listen else listen
     print(f"qwenimage serve: {len(server.mappings)} node types; models from {host.models_dir().resolve()}; "
           f"outputs to {Path(host.output_dir()).resolve()}", flush=True)
