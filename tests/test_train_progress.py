@@ -134,3 +134,26 @@ def test_reward_plugins_load_from_the_working_folder(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"progress_nowhere:fn.*cannot import it.*looked in the installed modules "
                                          rf"and in .*{re.escape(str(tmp_path))}"):
         build("progress_nowhere:fn")
+
+
+def test_without_tensorboard_installed_metrics_still_go_to_jsonl(world, tmp_path, monkeypatch):
+    """logging.tensorboard on (the default) but the package missing: the run logs nowhere else and must not fail
+    on the validation images; metrics.jsonl has every step and the validation."""
+    import accelerate.tracking
+
+    from qwenimage.training.config import load_config
+    from qwenimage.training.trainer import Trainer
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
+    m, out = world["models"], tmp_path / "out"
+    cfg = load_config({
+        "model": {"preset": "tiny", "preset_overrides": {"joint_attention_dim": 64}, "vae": m["vae"],
+                  "text_encoder": m["text_encoder"]},
+        "data": {"path": world["data"], "area": 4096, "batch_size": 2, "cache_dir": str(world["root"] / "cache")},
+        "train": {"mode": "pretrain", "steps": 2}, "output": {"dir": str(out), "save_every": 1000},
+        "validation": {"prompts": ["a red square"], "width": 32, "height": 32, "steps": 2, "cfg": 1.0},
+        "logging": {"tensorboard": True, "progress": False}})
+    Trainer(cfg).run()
+    assert not any("tfevents" in f for _, _, fs in os.walk(out) for f in fs)
+    assert [r["step"] for r in _rows(out)] == [1, 2]
+    assert os.listdir(out / "validation" / "step-00000002") == ["00-seed0.png"]

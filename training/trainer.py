@@ -579,7 +579,7 @@ class Trainer:
         return mean
 
     def _log_image(self, tag, img) -> None:
-        if not self.cfg.logging.tensorboard:
+        if not any(t.name == "tensorboard" for t in self.acc.trackers):  # off, or not installed
             return
         import numpy as np
 
