@@ -216,6 +216,10 @@ def test_an_unreachable_hub_fails_at_once_naming_the_model(no_network, monkeypat
     with pytest.raises(OpError, match=r"no-such-model.*huggingface-cli download.*cannot be reached from here"):
         op.pretrained(Model, op.model, "image classifier")
     assert asked == [True] and len(no_network) == 1                       # the cache only; the hub asked once
+    op.load = lambda: pytest.fail("load() imports transformers and torch: the missing model is said before")
+    with pytest.raises(OpError, match=r"model 'nobody-here/no-such-model' is not in the local cache.*cannot be "
+                                      r"reached.*huggingface-cli download"):
+        op.compute(_items(1)[0])
 
     def download(repo, filename, local_files_only=False, **kw):
         asked.append(local_files_only)

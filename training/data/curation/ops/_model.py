@@ -42,9 +42,29 @@ class ModelOp(Op):
     @property
     def loaded(self) -> Any:
         if self._loaded is None:
+            self._check_cached()
             self._set_threads()
             self._loaded = self.load()
         return self._loaded
+
+    def _check_cached(self) -> None:
+        """With the hub out of reach, a model named by hub id must be in the local cache: said before load()
+        imports transformers and torch (~20 s on a busy machine), not after."""
+        name = self.model
+        if not isinstance(name, str) or not name or _local(name) or (not self.offline and hub_reachable()):
+            return
+        from huggingface_hub import hf_hub_download, snapshot_download
+
+        file = getattr(self, "model_file", None)   # a weights file inside the repository (aesthetic's MLP)
+        try:
+            hf_hub_download(name, file, local_files_only=True) if file else snapshot_download(name,
+                                                                                            local_files_only=True)
+        except Exception:
+            what = f"{name}/{file}" if file else name
+            raise OpError(f"op {self.name!r}: model {what!r} is not in the local cache"
+                          f"{_unreachable(self.offline, name)}; fetch it once with `huggingface-cli download "
+                          f"{name}{' ' + file if file else ''}` where there is network, or set `model = ...` in the "
+                          f"op's table to a local path") from None
 
     def _set_threads(self) -> None:
         """`threads = N` pins torch's threads in this process; by default the engine's share of the cores stands
