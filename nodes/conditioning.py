@@ -19,7 +19,10 @@ EDIT_TEMPLATES = {"edit_plus (Edit-2509/2511)": "edit_plus", "edit (Qwen-Image-E
 def _encode(text_encoder, text: str, template: str, images=None) -> Conditioning:
     if not isinstance(text, str):
         raise ValueError("text must be a string")
-    embeds, mask = host.on_device(text_encoder).encode([text], images=images, template=template)
+    # host.check_interrupt raises (ComfyUI's own exception inside ComfyUI) when Cancel was pressed: the encoder
+    # checks it before each layer, so a long instruction stops as promptly as sampling does
+    embeds, mask = host.on_device(text_encoder).encode([text], images=images, template=template,
+                                                       interrupt=host.check_interrupt)
     return Conditioning(embeds.float().cpu(), None if mask is None else mask.cpu())
 
 

@@ -7,7 +7,6 @@ Where components live while they work is a `Placement`, so low-VRAM policies plu
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -127,7 +126,7 @@ class QwenImage:
         width, height = width or DEFAULT_SIZE[0], height or DEFAULT_SIZE[1]
         sigmas_for(steps, width, height, shift)  # checks the settings before the text encoder runs
 
-        cond, uncond = self._encode(prompts, negative_prompt, cfg, num_images, edit)
+        cond, uncond = self._encode(prompts, negative_prompt, cfg, num_images, edit, interrupt)
         clean, pixel_mask = None, None
         if image is not None:
             clean = self._encode_image(to_tensor(image, width, height), gen)  # drawn before the noise, as the ref
@@ -150,7 +149,7 @@ class QwenImage:
 
     # --------------------------------------------------------------------------------------------- helpers
 
-    def _encode(self, prompts, negative_prompt, cfg, num_images, edit):
+    def _encode(self, prompts, negative_prompt, cfg, num_images, edit, interrupt=None):
         template = "t2i" if edit is None else self.edit_template
         images = None if edit is None else edit.vision
         negs = None
@@ -159,11 +158,10 @@ class QwenImage:
             negs = [neg] * len(prompts) if isinstance(neg, str) else list(neg)
             if len(negs) != len(prompts):
                 raise ValueError(f"{len(negs)} negative prompts for {len(prompts)} prompts")
+        kw = dict(images=images, template=template, num_images_per_prompt=num_images, interrupt=interrupt)
         with self.placement.use(self.text_encoder) as te:
-            cond = Conditioning(*te.encode(prompts, images=images, template=template, num_images_per_prompt=num_images),
-                                references=edit)
-            uncond = None if negs is None else Conditioning(
-                *te.encode(negs, images=images, template=template, num_images_per_prompt=num_images), references=edit)
+            cond = Conditioning(*te.encode(prompts, **kw), references=edit)
+            uncond = None if negs is None else Conditioning(*te.encode(negs, **kw), references=edit)
         return cond, uncond
 
     def _edit_inputs(self, refs) -> "EditReferences":
@@ -359,8 +357,9 @@ def read_model_index(folder: str) -> dict:
     path = os.path.join(folder, "model_index.json")
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    from .checkpoint import read_json  # the loaders' bounded JSON reader: a bad file is an error naming it
+
+    return read_json(path)
 
 
 def load_pipeline(path_or_files, device=None, dtype=None, edit_template: str | None = None,

@@ -26,18 +26,25 @@ device and every tensor is assigned straight from the memory-mapped file; pickle
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from .checkpoint import folder_weight_files
+from .checkpoint import folder_weight_files, read_json
 from .images import calculate_dimensions
-from .weights import CheckpointError, SafetensorsFile, assign_weights, check_config_fits, open_checkpoint_files
+from .sampling import Interrupted
+from .weights import (CheckpointError, SafetensorsFile, assign_weights, check_config_fits, check_parameter_count,
+                      load_json, open_checkpoint_files)
+
+log = logging.getLogger(__name__)
+
 
 # ------------------------------------------------------------------------------------------------- templates
 
@@ -58,7 +65,7 @@ EDIT_PLUS_IMAGE_PROMPT = "Picture {}: <|vision_start|><|image_pad|><|vision_end|
 TEMPLATES = {"t2i": T2I_TEMPLATE, "edit": EDIT_TEMPLATE, "edit_plus": EDIT_PLUS_TEMPLATE}
 # Tokens of the template's fixed prefix, dropped from the output (the system block and "<|im_start|>user\n").
 DROP_TOKENS = {"t2i": 34, "edit": 64, "edit_plus": 64}
-TOKENIZER_MAX_LENGTH = 1024  # prompt tokens after the prefix (text-to-image only, as the reference)
+TOKENIZER_MAX_LENGTH = 1024  # prompt tokens after the prefix: the reference's text-to-image cap, and ours for all
 IMAGE_TOKEN = "<|image_pad|>"
 
 # Area the reference pipelines resize a reference image to before the vision tower (sides rounded to 32).
@@ -198,6 +205,50 @@ def default_image_processor():
 
 # ------------------------------------------------------------------------------------------------ the encoder
 
+def cap_prompt(tokenizer, prompt: str, limit: int = TOKENIZER_MAX_LENGTH) -> str:
+    """`prompt` cut after its first `limit` tokens, with a warning saying what was cut. The text-to-image reference
+    truncates there; the edit templates did not, so a 100,000-character instruction ran the encoder for minutes.
+    Only a window of the text is tokenized (growing when its tokens are long): tokenizing 1M characters takes
+    longer than encoding 1,024 tokens."""
+    if len(prompt) * 4 <= limit:  # a character is at most 4 byte-level tokens
+        return prompt
+    window = 8 * limit
+    while True:
+        part = prompt[:window]
+        ends = [end for _, end in tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)
+                ["offset_mapping"]]
+        if len(ends) > limit + 16 or window >= len(prompt):  # +16: the window's cut word does not reach `limit`
+            break
+        window *= 8
+    if len(ends) <= limit:
+        return prompt
+    kept = prompt[:ends[limit - 1]]
+    cut = prompt[len(kept):]
+    log.warning("prompt cut to its first %d tokens (%d characters): %d characters dropped, from %r", limit,
+                len(kept), len(cut), cut[:60] + ("..." if len(cut) > 60 else ""))
+    return kept
+
+
+@contextlib.contextmanager
+def _interruptible(model, interrupt):
+    """Check `interrupt()` before every decoder layer and vision block, so a long encode stops within one layer
+    (Interrupted) as sampling does between steps."""
+    if interrupt is None:
+        yield
+        return
+
+    def check(module, args):
+        if interrupt():
+            raise Interrupted("interrupted while encoding the prompt")
+    layers = [*model.language_model.layers, *getattr(model.visual, "blocks", [])]
+    handles = [layer.register_forward_pre_hook(check) for layer in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _is_image_list(x) -> bool:
     return isinstance(x, (list, tuple))
 
@@ -300,6 +351,10 @@ class QwenTextEncoder:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("no prompts")
+        for p in prompts:
+            if IMAGE_TOKEN in p:
+                raise ValueError(f"prompt contains the reserved token {IMAGE_TOKEN}: {p[:80]!r}")
+        prompts = [cap_prompt(self.tokenizer, p) for p in prompts]
         per_prompt = self._images_per_prompt(len(prompts), images, template)
         if resize_images and template in VISION_AREA:
             per_prompt = [[resize_for_vision(i, template) for i in imgs] for imgs in per_prompt]
@@ -310,9 +365,6 @@ class QwenTextEncoder:
         else:
             texts = [EDIT_PLUS_TEMPLATE.format("".join(EDIT_PLUS_IMAGE_PROMPT.format(k + 1) for k in range(len(imgs)))
                                                + p) for p, imgs in zip(prompts, per_prompt)]
-        for p in prompts:
-            if IMAGE_TOKEN in p:
-                raise ValueError(f"prompt contains the reserved token {IMAGE_TOKEN}: {p[:80]!r}")
 
         flat = [img for imgs in per_prompt for img in imgs]
         out: dict[str, Any] = {"drop": DROP_TOKENS[template]}
@@ -348,14 +400,16 @@ class QwenTextEncoder:
     @torch.no_grad()
     def encode(self, prompts: str | Sequence[str], images=None, template: str = "t2i",
                max_sequence_length: int = 1024, num_images_per_prompt: int = 1,
-               resize_images: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               resize_images: bool = False, interrupt=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(prompt_embeds [B, L, hidden] in the model dtype, prompt_mask [B, L] long), as the reference's
         `encode_prompt` (template "t2i": QwenImagePipeline; "edit": QwenImageEditPipeline; "edit_plus":
         QwenImageEditPlusPipeline). B = len(prompts) * num_images_per_prompt; L is the longest prompt's length
         after the template prefix; shorter prompts are zero-padded with mask 0.
 
         `max_sequence_length` (<= 1024) caps L for "t2i"; the edit templates ignore it, as the reference does
-        (their sequences hold the vision tokens and are never truncated). See `prepare_inputs` for `images`."""
+        (their sequences hold the vision tokens and are never truncated). Every template's prompt is cut after
+        1,024 tokens (`cap_prompt`, with a warning). `interrupt()` is checked before each layer: True stops with
+        `Interrupted`. See `prepare_inputs` for `images`."""
         if max_sequence_length > TOKENIZER_MAX_LENGTH:
             raise ValueError(f"max_sequence_length cannot be greater than {TOKENIZER_MAX_LENGTH}, "
                              f"got {max_sequence_length}")
@@ -367,7 +421,8 @@ class QwenTextEncoder:
             kwargs["image_grid_thw"] = inputs["image_grid_thw"].to(device)
             if self.multimodal_rope and self._takes_mm_types:
                 kwargs["mm_token_type_ids"] = inputs["mm_token_type_ids"].to(device)
-        hidden = self.model(**kwargs, use_cache=False, return_dict=True).last_hidden_state
+        with _interruptible(self.model, interrupt):
+            hidden = self.model(**kwargs, use_cache=False, return_dict=True).last_hidden_state
 
         drop = inputs["drop"]
         mask = kwargs["attention_mask"].bool()
@@ -406,7 +461,7 @@ def _as_config(config):
     p = Path(config)
     p = p / "config.json" if p.is_dir() else p
     try:
-        return Qwen2_5_VLConfig.from_dict(json.loads(p.read_text(encoding="utf-8")))
+        return Qwen2_5_VLConfig.from_dict(load_json(p.read_bytes(), None))
     except Exception as e:  # OSError, bad JSON, and transformers' config validation (its own types)
         raise TextEncoderLoadError(f"{p}: cannot read the text encoder config: {e}") from None
 
@@ -601,6 +656,11 @@ def check_text_encoder_config(cfg, sources: dict) -> None:
             ("visual.patch_embed.proj.weight", 0, "vision_config.hidden_size", vision.hidden_size)],
             counts=[("language_model.layers.", "text_config.num_hidden_layers", text.num_hidden_layers),
                     ("visual.blocks.", "vision_config.depth", vision.depth)])
+        # a lower bound (each text layer's query and output projections, each vision block's qkv and output):
+        # transformers builds about 6 layers a second even on the meta device, so a file of stub layers with a
+        # config to match would otherwise take an hour to refuse
+        check_parameter_count("text encoder", sources, 2 * text.hidden_size ** 2 * text.num_hidden_layers
+                              + 4 * vision.hidden_size ** 2 * vision.depth)
     except CheckpointError as e:
         raise TextEncoderLoadError(str(e)) from None
 
@@ -705,7 +765,7 @@ def load_tokenizer(path: str | os.PathLike):
 def load_image_processor(path: str | os.PathLike | None = None):
     """The PIL image processor from a `processor/` folder (preprocessor_config.json), else Qwen2.5-VL's defaults."""
     if path is not None and (Path(path) / "preprocessor_config.json").is_file():
-        cfg = json.loads((Path(path) / "preprocessor_config.json").read_text(encoding="utf-8"))
+        cfg = read_json(os.path.join(path, "preprocessor_config.json"))
         cfg = {k: v for k, v in cfg.items() if k not in ("image_processor_type", "processor_class")}
         return image_processor_class().from_dict(cfg)
     return default_image_processor()

@@ -335,8 +335,8 @@ def check_parameter_count(what: str, sources: Mapping[str, tuple[SafetensorsFile
     held = sum(math.prod(f.shape(k)) for f, k in sources.values())
     if params > 2 * held:
         where = next(iter(sources.values()))[0].path if sources else "<no weights>"
-        raise CheckpointError(f"{where}: the {what} config describes {params:,} parameters, but the file holds "
-                              f"only {held:,} weight values: the config does not match the weights")
+        raise CheckpointError(f"{where}: the {what} config describes at least {params:,} parameters, but the file "
+                              f"holds only {held:,} weight values: the config does not match the weights")
 
 
 def _sort_header_metadata(path: str) -> None:

@@ -320,9 +320,28 @@ def test_a_model_far_larger_than_the_file_is_refused_before_building(tmp_path, t
     meta = {"config": json.dumps({**tiny.config.to_dict(), "num_layers": 3000})} if with_config else None
     save_file(sd, str(tmp_path / "stubs.safetensors"), meta)
     _no_big_build(monkeypatch)
-    with pytest.raises(CheckpointError, match=r"stubs\.safetensors: the transformer config describes [\d,]+ "
+    with pytest.raises(CheckpointError, match=r"stubs\.safetensors: the transformer config describes at least [\d,]+ "
                                               r"parameters, but the file holds only [\d,]+ weight values"):
         load_transformer(tmp_path / "stubs.safetensors")
+
+
+def test_a_text_encoder_of_stub_layers_is_refused_before_building(tmp_path, monkeypatch):
+    """transformers builds about 6 Qwen2.5-VL layers a second even on the meta device: 5,000 stub layers (one
+    norm each) with a config to match would take most of an hour to fail."""
+    from _tiny import tiny_text_encoder
+
+    save_text_encoder_file(tiny_text_encoder(512), tmp_path / "te.safetensors")
+    tensors, meta = _tensors(tmp_path / "te.safetensors")
+    cfg = json.loads(meta[CONFIG_METADATA_KEY])
+    cfg["text_config"]["num_hidden_layers"] = 5000
+    cfg["text_config"].pop("layer_types", None)
+    norm = next(k for k in tensors if k.endswith("layers.0.input_layernorm.weight"))
+    tensors.update({norm.replace(".0.", f".{i}."): tensors[norm].clone() for i in range(2, 5000)})
+    save_file(tensors, str(tmp_path / "stubs.safetensors"), {CONFIG_METADATA_KEY: json.dumps(cfg)})
+    _never_built(monkeypatch, te_mod, "_build_empty_model")
+    with pytest.raises(CheckpointError, match=r"stubs\.safetensors: the text encoder config describes at least "
+                                              r"[\d,]+ parameters, but the file holds only [\d,]+ weight values"):
+        load_text_encoder_model(tmp_path / "stubs.safetensors")
 
 
 def test_inspect_load_refuses_a_stub_file_in_one_line(tmp_path, tiny, capsys, monkeypatch):

@@ -175,6 +175,68 @@ def test_t2i_truncates_at_1024_prompt_tokens(encoder, ref_t2i):
     assert_same(ours, ref_t2i.encode_prompt([prompt], device=torch.device("cpu")))
 
 
+def test_every_template_caps_the_prompt_at_1024_tokens_and_says_what_was_cut(encoder, caplog):
+    """Issue 23 item 7: an edit instruction was never truncated, so 100,000 characters ran the encoder for
+    minutes (+2.3 GB) while text-to-image cut at 1,024 tokens. Both are cut the same way now, with a warning."""
+    img = rand_image(64, 64, 11)
+    long, longer = "word " * 1100, "word " * 20000 + "THE END"
+    for template, images in (("edit", img), ("edit_plus", [img]), ("t2i", None)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger=te.__name__):
+            cut = encoder.encode([longer], images=images, template=template)
+        assert cut[0].shape == encoder.encode([long], images=images, template=template)[0].shape, template
+        msg = " ".join(r.getMessage() for r in caplog.records)
+        assert "prompt cut to its first 1024 tokens" in msg and "THE END" not in msg.split("from")[0], msg
+    kept = te.cap_prompt(encoder.tokenizer, longer)
+    assert longer.startswith(kept) and len(encoder.tokenizer(kept, add_special_tokens=False).input_ids) == 1024
+    assert torch.equal(encoder.prepare_inputs([longer], img, "edit")["input_ids"],
+                       encoder.prepare_inputs([kept], img, "edit")["input_ids"])
+    assert te.cap_prompt(encoder.tokenizer, "short prompt") == "short prompt"
+    cjk = "长" * 5000  # a window of 8 x 1024 characters is enough when tokens are short
+    assert len(encoder.tokenizer(te.cap_prompt(encoder.tokenizer, cjk), add_special_tokens=False).input_ids) == 1024
+
+
+@pytest.mark.parametrize("template", ["t2i", "edit"])
+def test_encoding_checks_the_interrupt_before_every_layer(encoder, template):
+    """The nodes' Cancel reached the sampler between steps but not the encoder; now a hook before each decoder
+    layer and vision block asks `interrupt()` (the same contract as sampling's)."""
+    from qwenimage.qwenimage_core.sampling import Interrupted
+
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        return len(calls) == 2
+    images = rand_image(64, 64, 12) if template == "edit" else None
+    with pytest.raises(Interrupted, match="while encoding"):
+        encoder.encode(["a cat"], images=images, template=template, interrupt=interrupt)
+    assert len(calls) == 2  # stopped at the second layer, not after the last
+    calls.clear()
+    encoder.encode(["a cat"], images=images, template=template, interrupt=lambda: calls.append(1) and False)
+    layers = len(encoder.model.language_model.layers) + (len(encoder.model.visual.blocks) if images else 0)
+    assert len(calls) == layers
+    assert not any(m._forward_pre_hooks for m in encoder.model.modules())  # hooks removed after the encode
+
+
+def test_the_encode_nodes_pass_the_hosts_interrupt(monkeypatch):
+    from qwenimage.nodes import conditioning, host
+
+    seen = {}
+
+    class Encoder:
+        def encode(self, texts, images=None, template="t2i", interrupt=None):
+            seen["interrupt"] = interrupt
+            interrupt()
+            return torch.zeros(1, 1, 4), torch.ones(1, 1, dtype=torch.long)
+    host.request_interrupt()
+    try:
+        with pytest.raises(host.Interrupted):
+            conditioning.QwenImageTextEncode().encode(Encoder(), "x" * 100_000)
+    finally:
+        host.clear_interrupt()
+    assert seen["interrupt"] is host.check_interrupt
+
+
 # ----------------------------------------------------------------------------------------- edit parity
 
 def test_edit_inputs_match_qwen2vl_processor(encoder, ref_processor):
