@@ -131,6 +131,12 @@ async def main(base: str) -> None:
         check(bool(ours), "ComfyUI's template browser lists the pack's demo workflow")
         check(all(not n.startswith("api") for n in ours[0]),  # ComfyUI lists every workflows/*.json
               "only UI-format graphs are listed as templates (the API-format ones live in workflows/api/)")
+        pack = next(p for p, names in templates if "demo" in names)
+        served = {}
+        for name in ours[0]:  # the card's thumbnail, <name>.jpg beside <name>.json, as the frontend asks for it
+            async with s.get(f"{base}/api/workflow_templates/{pack}/{name}.jpg") as r:
+                served[name] = r.status
+        check(all(v == 200 for v in served.values()), f"ComfyUI serves every template's thumbnail: {served}")
 
 
 if __name__ == "__main__":
