@@ -35,7 +35,8 @@ class CheckpointError(ValueError):
 MAX_JSON_DEPTH = 64  # headers and configs nest a few levels; 100,000 levels overflowed the parser's recursion
 
 
-def _json_depth_ok(value, limit: int) -> bool:
+def json_depth_ok(value, limit: int) -> bool:
+    """Whether a parsed JSON value nests at most `limit` containers deep (checked without recursion)."""
     stack = [(value, 1)]
     while stack:
         v, d = stack.pop()
@@ -58,7 +59,7 @@ def load_json(text: str | bytes, where: str | None, what: str = "JSON"):
         value, deep = None, True
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{where}{what} is not valid JSON ({e})") from None
-    if deep or not _json_depth_ok(value, MAX_JSON_DEPTH):
+    if deep or not json_depth_ok(value, MAX_JSON_DEPTH):
         raise CheckpointError(f"{where}{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     return value
 

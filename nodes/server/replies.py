@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ...qwenimage_core.images import write_atomic
+from ...qwenimage_core.weights import json_depth_ok
 
 SERVER = web.AppKey("qwenimage_server", object)
 
@@ -69,17 +70,6 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _depth_ok(value, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, (dict, list)):
-            if d > limit:
-                return False
-            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
-    return True
-
-
 def parse_json(text: str):
     """Strict JSON: NaN and Infinity, and nesting deeper than MAX_JSON_DEPTH, are BadRequests."""
     try:
@@ -90,7 +80,7 @@ def parse_json(text: str):
         raise
     except ValueError as e:
         raise BadRequest(f"body is not JSON: {e}") from None
-    if not _depth_ok(value, MAX_JSON_DEPTH):
+    if not json_depth_ok(value, MAX_JSON_DEPTH):
         raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return value
 
