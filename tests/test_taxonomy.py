@@ -31,7 +31,7 @@ from qwenimage.training.data.curation.op import Item, OpError, Record, build_op,
     ("一群人在公园里合影", {}, {}, "portrait/group", "none"),
     ("A poster of a tiger", {"image_type": "poster"}, {}, "general/animal", "none"),   # a poster without text
     ("Abstract shapes", {}, {}, "general/other", "none"),
-    ('A sign saying "12"', {}, {}, "general/other", "none"),                           # 2 chars: not text rendering
+    ('A sign saying "12"', {}, {}, "general/other", "other"),   # 2 chars: not text rendering; digits: "other"
 ])
 def test_assign(caption, ann, stats, category, language):
     a = T.Taxonomy().assign(caption, ann, stats)
@@ -39,8 +39,10 @@ def test_assign(caption, ann, stats, category, language):
 
 
 def test_language_and_custom_taxonomy(tmp_path):
-    assert [T.text_language(t) for t in ("Hello world 世", "大减价 SALE", "こんにちは", "2025 !!", "")] == \
-        ["en", "zh", "other", "none", "none"]
+    assert [T.text_language(t) for t in ("Hello world 世", "大减价 SALE", "こんにちは", "東京タワー", "2025 !!", "!?", "")] \
+        == ["en", "zh", "other", "other", "other", "none", "none"]
+    from qwenimage.training.data.curation.ops.text import text_language
+    assert text_language is T.text_language   # one rule: the OCR op's statistic and the taxonomy never disagree
     (tmp_path / "t.toml").write_text('[general.boats]\nen = ["sailboat"]\nzh = ["帆船"]\n')
     tax = T.Taxonomy.load(str(tmp_path / "t.toml"))
     assert tax.assign("Sailboats on a lake").category == "general/boats"

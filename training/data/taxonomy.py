@@ -4,9 +4,9 @@ every category by a quality statistic, and per-category weights for the trainer'
 
 Assignment (`Taxonomy.assign`), from what the annotator and the curation ops wrote:
 1. The sample's text: the annotator's Visible Text, else the OCR op's `ocr_text`, else the caption's quoted spans.
-   Its language is the script most of its letters are in: "zh" (Han, each character counting as three letters),
-   "en" (Latin), "other" (any other script: kana, Hangul, Cyrillic, ...), or "none" (no letters at all; the OCR
-   op's `text_language` when there is no text).
+   Its language (`text_language`, the rule the OCR op's statistic uses too): "zh" (Han, each character counting as
+   three letters), "en" (Latin), "other" (kana and Hangul, as much as Han; any other script; digits alone), or
+   "none" (no letters or digits; the OCR op's `text_language` when there is no text).
 2. Every class scores its keywords: 3 per hit in the Image Type, 1 per hit in the Image Style and the caption
    (English keywords as whole words, plural "s"/"es" allowed; Chinese ones as substrings, the longest first, so
    "海报" (poster) is not also "海" (sea)).
@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import tomllib
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -80,19 +81,25 @@ DEFAULT_TAXONOMY: dict[str, dict[str, dict[str, list[str]]]] = {
     },
 }
 
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
-
-
 def text_language(text: str) -> str:
-    """ "zh" / "en" / "other" by the script most of the letters are in, a Han character counting as three Latin
-    letters (one Chinese word of ~1.5 characters says what ~5 English letters do); "none" with no letters."""
-    han, latin = len(_HAN.findall(text)), len(_LATIN.findall(text))
-    other = sum(ch.isalpha() for ch in text) - han - latin
-    if han + latin + other == 0:
+    """"zh", "en", "other" or "none" by counting scripts: Han characters against Latin letters, a Han character
+    weighing as much as three letters (a word's worth: "复杂文本渲染 Complex Rendering" is "zh"); kana and Hangul
+    (as much as Han: Japanese mixes Han and kana) and other letters, or digits alone, are "other"; no letters or
+    digits at all is "none"."""
+    han = latin = other = 0
+    for c in text:
+        if "\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" or "\uf900" <= c <= "\ufaff":
+            han += 1
+        elif "\u3040" <= c <= "\u30ff" or "\uac00" <= c <= "\ud7af":   # kana, Hangul syllables
+            other += 3
+        elif c.isalpha() and (c.isascii() or "LATIN" in unicodedata.name(c, "")):
+            latin += 1
+        elif c.isalnum():
+            other += 1
+    if not han + latin + other:
         return "none"
-    best = max((3 * han, "zh"), (latin, "en"), (other, "other"))   # a Han character carries ~ a 3-letter word
-    return best[1]
+    scores = {"zh": 3 * han, "en": latin, "other": other}
+    return max(scores, key=scores.get)
 
 
 def stat_of(row, name: str):

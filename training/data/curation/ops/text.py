@@ -3,11 +3,10 @@ Character filters). rapidocr's PP-OCR detector (shipped in its wheel: offline) f
 optional, reads them for the language split. Through training/rewards/ocr.py's engine, one per process."""
 from __future__ import annotations
 
-import unicodedata
-
 import cv2
 import numpy as np
 
+from ...taxonomy import text_language   # the one language rule, shared with the taxonomy's categories
 from ..op import Item, Op, OpError, register
 from .abnormal import qr_regions
 
@@ -94,24 +93,3 @@ def char_height(box_height: float, size: tuple[int, int], det_side_len: int) -> 
     """Glyph height in stored pixels from a detected line box's height (BOX_SLOPE, BOX_PAD_PX)."""
     scale = max(1.0, max(size) / det_side_len)   # the detector saw the image scaled down by this
     return max(0.0, box_height - BOX_PAD_PX * scale) / BOX_SLOPE
-
-
-def text_language(text: str) -> str:
-    """"zh", "en", "other" or "none" by counting scripts: Han characters against Latin letters, a Han character
-    weighing as much as three letters (a word's worth: "复杂文本渲染 Complex Rendering" is "zh"); kana and Hangul
-    (as much as Han: Japanese mixes Han and kana) and other letters, or digits alone, are "other"; no letters or
-    digits at all is "none"."""
-    han = latin = other = 0
-    for c in text:
-        if "\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" or "\uf900" <= c <= "\ufaff":
-            han += 1
-        elif "\u3040" <= c <= "\u30ff" or "\uac00" <= c <= "\ud7af":   # kana, Hangul syllables
-            other += 3
-        elif c.isalpha() and (c.isascii() or "LATIN" in unicodedata.name(c, "")):
-            latin += 1
-        elif c.isalnum():
-            other += 1
-    if not han + latin + other:
-        return "none"
-    scores = {"zh": 3 * han, "en": latin, "other": other}
-    return max(scores, key=scores.get)
