@@ -544,18 +544,45 @@ def infer_vae_config(shapes: dict[str, tuple], **fields) -> VAEConfig:
                      input_channels=need("encoder.conv_in.weight")[1], **fields)
 
 
+FAMILIES = {"qwen-image": "the Qwen-Image (20B) VAE, Wan 2.1's (RGB, 16 channels, 8x)",
+            "qwen-image-2.1": "the Qwen-Image 2.1 VAE (RGBA, 64 channels, 16x; load_vae21)",
+            "wan-2.2": "a Wan 2.2 VAE (48 channels, 3-D kernels)"}
+
+
+def vae_family(shapes: dict[str, tuple]) -> str | None:
+    """Which VAE a set of weights is ({name: shape}, diffusers or ComfyUI names, prefix removed): a key of
+    FAMILIES, or None. Residual levels (Wan 2.2's layout) tell 2.1 and Wan 2.2 from the 20B's Wan 2.1; 3-D
+    kernels (a temporal size over 1) tell Wan 2.2 from 2.1."""
+    conv_in = shapes.get("encoder.conv_in.weight", shapes.get("encoder.conv1.weight"))
+    if conv_in is None:
+        return None
+    if not any(k.startswith(("encoder.down_blocks.0.resnets.", "encoder.downsamples.0.downsamples.")) for k in shapes):
+        return "qwen-image"
+    return "wan-2.2" if len(conv_in) == 5 and conv_in[2] > 1 else "qwen-image-2.1"
+
+
+def _refuse_other_family(where, shapes) -> None:
+    family = vae_family(shapes)
+    if family not in (None, "qwen-image"):
+        raise CheckpointError(f"{where}: this is {FAMILIES[family]}, not {FAMILIES['qwen-image']}")
+
+
 def vae_sources(path, config: VAEConfig | None = None) -> tuple[VAEConfig, dict]:
-    """(config, {diffusers name: (file, key)}) for a diffusers folder or a single file."""
+    """(config, {diffusers name: (file, key)}) for a diffusers folder or a single file; another family's VAE
+    (vae_family) is an error naming it."""
     path = os.fspath(path)
     if os.path.isdir(path):
         folder = component_folder(path, "vae")
         if folder is None:
             raise CheckpointError(f"{path}: no vae/ folder with a config.json (nor is it a VAE folder)")
-        return folder_sources(folder, config, VAEConfig.from_diffusers)
+        config, sources = folder_sources(folder, config, VAEConfig.from_diffusers)
+        _refuse_other_family(folder, {n: f.shape(k) for n, (f, k) in sources.items()})
+        return config, sources
     f = SafetensorsFile(path)
     keys = f.keys()
     prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in keys)), "")
     names = {k[len(prefix):]: k for k in keys if k.startswith(prefix)}  # other components are left out
+    _refuse_other_family(path, {n: f.shape(k) for n, k in names.items()})
     if any(n.startswith(("encoder.conv1.", "decoder.conv1.", "conv1.")) for n in names):
         nrb = _comfy_num_res_blocks(names)
         names = {comfy_to_diffusers(n, nrb): k for n, k in names.items()}

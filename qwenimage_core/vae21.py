@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import component_folder, folder_sources
-from .vae import (_BLOCKS, _RESIDUAL, _TOP, LATENT_STATS_KEY, PREFIXES, Decoder, Encoder, MidBlock, QwenImageVAE,
-                  Resample, ResidualBlock, RMSNorm, _inverse, _rename, _stats_fields, save_vae)
+from .vae import (_BLOCKS, _RESIDUAL, _TOP, FAMILIES, LATENT_STATS_KEY, PREFIXES, Decoder, Encoder, MidBlock,
+                  QwenImageVAE, Resample, ResidualBlock, RMSNorm, _inverse, _rename, _stats_fields, save_vae,
+                  vae_family)
 from .weights import CheckpointError, SafetensorsFile, assign_weights, check_config_fits, save_file_atomic
 
 LATENTS_MEAN = (0.5126, 0.7721, -0.0631, 1.3506, -0.7855, -2.1025, -0.3458, 1.3722, 1.8873, -1.7177, -0.6510,
@@ -295,7 +296,8 @@ def diffusers_to_comfy21(key: str, num_res_blocks: int = 2) -> str:
 
 def _comfy21_num_res_blocks(names) -> int:
     """From the decoder's first level: its upsampler follows num_res_blocks + 1 residual blocks."""
-    ups = [int(m[1]) for k in names if (m := re.fullmatch(r"decoder\.upsamples\.0\.upsamples\.(\d+)\.resample\.1\.weight", k))]
+    pattern = re.compile(r"decoder\.upsamples\.0\.upsamples\.(\d+)\.resample\.1\.weight")
+    ups = [int(m[1]) for k in names if (m := pattern.fullmatch(k))]
     return ups[0] - 1 if ups else 2
 
 
@@ -328,31 +330,11 @@ class _Conv5d:
         self.f.done_with(tensor)
 
 
-# ------------------------------------------------------------------------------------------ detection
-
-FAMILIES = {"qwen-image-2.1": "the Qwen-Image 2.1 VAE (RGBA, 64 channels, 16x)",
-            "qwen-image": "the Qwen-Image (20B) VAE, Wan 2.1's (RGB, 16 channels, 8x)",
-            "wan-2.2": "a Wan 2.2 VAE (48 channels, 3-D kernels)"}
-
-
-def vae_family(shapes: dict[str, tuple]) -> str | None:
-    """Which VAE a set of weights is ({name: shape}, diffusers or ComfyUI names, prefix removed): a key of
-    FAMILIES, or None. Residual levels tell Wan 2.2 and 2.1 from the 20B's Wan 2.1; 3-D kernels (a temporal
-    size over 1) tell Wan 2.2 from 2.1."""
-    conv_in = shapes.get("encoder.conv_in.weight", shapes.get("encoder.conv1.weight"))
-    if conv_in is None:
-        return None
-    residual = any(k.startswith(("encoder.down_blocks.0.resnets.", "encoder.downsamples.0.downsamples.")) for k in shapes)
-    if not residual:
-        return "qwen-image"
-    return "wan-2.2" if len(conv_in) == 5 and conv_in[2] > 1 else "qwen-image-2.1"
-
-
 def _check_family(path, shapes) -> None:
     family = vae_family(shapes)
     if family != "qwen-image-2.1":
-        what = FAMILIES.get(family, "not a VAE we know (no 'encoder.conv_in.weight' nor 'encoder.conv1.weight')")
-        raise CheckpointError(f"{path}: not a Qwen-Image 2.1 VAE: {what}")
+        what = FAMILIES.get(family, "no VAE we know (no 'encoder.conv_in.weight' nor 'encoder.conv1.weight')")
+        raise CheckpointError(f"{path}: not a Qwen-Image 2.1 VAE: this is {what}")
 
 
 # ------------------------------------------------------------------------------------------------ loading

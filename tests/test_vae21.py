@@ -202,13 +202,17 @@ def test_families_by_keys(tmp_path):
     assert vae_family(wan22) == "wan-2.2"
     assert vae_family({"img_in.weight": (2, 2)}) is None
     # a 20B VAE handed to the 2.1 loader (and the other way round) is named, not half-loaded
-    with pytest.raises(CheckpointError, match=r"c20\.safetensors: not a Qwen-Image 2\.1 VAE: the Qwen-Image \(20B\)"):
+    with pytest.raises(CheckpointError, match=r"c20\.safetensors: not a Qwen-Image 2\.1 VAE: this is the Qwen-Image "
+                                              r"\(20B\)"):
         load_vae21(str(tmp_path / "c20.safetensors"))
     save_vae(v20, tmp_path / "f20")
-    with pytest.raises(CheckpointError, match=r"f20: not a Qwen-Image 2\.1 VAE: the Qwen-Image \(20B\)"):
+    with pytest.raises(CheckpointError, match=r"f20: not a Qwen-Image 2\.1 VAE: this is the Qwen-Image \(20B\)"):
         load_vae21(str(tmp_path / "f20"))
-    with pytest.raises(CheckpointError):
-        load_vae(str(tmp_path / "c21.safetensors"))
+    save_vae(v21, tmp_path / "f21")
+    for where, path in (("c21.safetensors", tmp_path / "c21.safetensors"), ("f21", tmp_path / "f21")):
+        with pytest.raises(CheckpointError, match=rf"{where}: this is the Qwen-Image 2\.1 VAE .*load_vae21.*, not the "
+                                                  r"Qwen-Image \(20B\) VAE"):
+            load_vae(str(path))
 
 
 def test_errors_name_file_and_key(tmp_path, ref_folder):
@@ -225,7 +229,7 @@ def test_errors_name_file_and_key(tmp_path, ref_folder):
     fails("shape.safetensors", {**state, "decoder.conv_in.bias": torch.zeros(3)},
           r"shape\.safetensors.*shape mismatch.*'decoder\.conv_in\.bias'")
     fails("other.safetensors", {"img_in.weight": torch.zeros(2, 2)},
-          r"other\.safetensors: not a Qwen-Image 2\.1 VAE: not a VAE we know")
+          r"other\.safetensors: not a Qwen-Image 2\.1 VAE: this is no VAE we know")
     cfg = json.loads((folder / "config.json").read_text())
     bad = tmp_path / "bad"
     bad.mkdir()
