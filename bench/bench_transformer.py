@@ -14,8 +14,9 @@ from _common import command, machine
 from qwenimage.qwenimage_core import QwenImageTransformer, preset
 
 
-def timed(fns, device, repeats, warmup):
-    """Median seconds of each function, the functions interleaved round by round so drift hits both alike."""
+def timed(fns, device, repeats, warmup, clock=time.perf_counter):
+    """Median seconds of each function, the functions interleaved round by round so drift hits both alike.
+    clock=time.process_time counts this process's CPU time: steadier than the wall on a shared CPU."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -24,11 +25,11 @@ def timed(fns, device, repeats, warmup):
         for fn, t in zip(fns, times):
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t.append(time.perf_counter() - t0)
+            t.append(clock() - t0)
     return [statistics.median(t) for t in times]
 
 

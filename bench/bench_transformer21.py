@@ -2,10 +2,12 @@
 the full forward (the first step) and a step that reads the prefix KV cache (every later step).
 
     python bench/bench_transformer21.py --preset small --size 512 --refs 1                     # CPU
+    python bench/bench_transformer21.py --preset small --size 256 --refs 1 --threads 1 --cpu-time  # shared CPU
     python bench/bench_transformer21.py --preset qwen-image-2.1 --size 1024 --refs 1 --device cuda --dtype bfloat16
 
 Weights are random (speed does not depend on their values) and shared between the two models."""
 import argparse
+import time
 
 import torch
 
@@ -25,7 +27,13 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time by this process's CPU time (steadier on a shared CPU; use with --threads 1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    clock = time.process_time if a.cpu_time else time.perf_counter
     from diffusers import QwenImage21Transformer2DModel
     from diffusers.models.transformers.transformer_qwenimage21 import QwenImage21KVCache
 
@@ -57,15 +65,16 @@ def main():
         ref(**kw, timestep=t, kv_cache=ref_cache, kv_cache_mode="extract", return_dict=False)
         ours(**kw, timestep=t, kv_cache=our_cache, kv_cache_mode="extract")
         full = timed([lambda: ref(**kw, timestep=t, return_dict=False), lambda: ours(**kw, timestep=t)],
-                     device, a.repeats, a.warmup)
+                     device, a.repeats, a.warmup, clock)
         cached = timed([lambda: ref(**kw, timestep=t, kv_cache=ref_cache, kv_cache_mode="cached", return_dict=False),
                         lambda: ours(**kw, timestep=t, kv_cache=our_cache, kv_cache_mode="cached")],
-                       device, a.repeats, a.warmup)
+                       device, a.repeats, a.warmup, clock)
         want = ref(**kw, timestep=t, return_dict=False)[0]
         diff = ((ours(**kw, timestep=t) - want).abs().max() / want.abs().max()).item()
     prefix = len(slots) + a.refs * n * n * 3 // 4
     print(f"| `{command()}` | {machine()} | {a.preset} ({cfg.num_layers} blocks, {cfg.inner_dim} wide) | "
-          f"{a.size}px target, {a.refs} reference(s), {prefix} prefix tokens, {a.dtype} | "
+          f"{a.size}px target, {a.refs} reference(s), {prefix} prefix tokens, {a.dtype}"
+          f"{', CPU time' if a.cpu_time else ''} | "
           f"full: reference {full[0] * 1000:.1f} ms, ours {full[1] * 1000:.1f} ms ({full[0] / full[1]:.2f}x) | "
           f"cached: reference {cached[0] * 1000:.1f} ms, ours {cached[1] * 1000:.1f} ms ({cached[0] / cached[1]:.2f}x) | "
           f"rel. diff {diff:.1e} |")
