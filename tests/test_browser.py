@@ -266,6 +266,13 @@ async def _small_window(url, tmp_path):
         box = await node_on_screen(page, "SaveImage")
         assert box["scale"] >= 0.5, box  # the canvas still draws the nodes' text
         assert 0 <= box["left"] and box["right"] <= width and 0 <= box["top"] and box["bottom"] <= height, box
+        # no node over another at the sizes the frontend gave them (title bars included)
+        overlaps = json.loads(await page.eval(
+            "(() => { const t = LiteGraph.NODE_TITLE_HEIGHT, b = app.graph._nodes.map(n => [n.title, n.pos[0], "
+            "n.pos[1] - t, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]), out = []; "
+            "for (const p of b) for (const q of b) if (p[0] < q[0] && p[1] < q[3] && q[1] < p[3] && p[2] < q[4] "
+            "&& q[2] < p[4]) out.push([p[0], q[0]]); return JSON.stringify(out); })()"))
+        assert overlaps == [], overlaps
 
         await command(page, "Comfy.BrowseTemplates")
         await page.wait_for("document.body.innerText.includes('demo') ? 'yes' : ''", timeout=30)
