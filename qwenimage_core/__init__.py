@@ -15,6 +15,7 @@ _EXPORTS = {
     "QwenImageTransformer": "transformer", "CheckpointError": "weights",
     **dict.fromkeys(["QwenImage21Transformer", "Transformer21Config", "KVCache"], "transformer21"),
     **dict.fromkeys(["QwenImageVAE", "VAEConfig", "load_vae", "save_comfyui_vae", "save_vae"], "vae"),
+    **dict.fromkeys(["QwenImage21VAE", "VAE21Config", "load_vae21", "save_comfyui_vae21", "save_vae21"], "vae21"),
     **dict.fromkeys(["LoraError", "apply_loras", "read_lora", "save_lora"], "lora"),
     "Conditioning": "sampling", "Interrupted": "sampling", "denoise": "sampling",
     "BlockSwap": "offload", "plan_for_budget": "offload",
@@ -38,5 +39,5 @@ __all__ = [
     "save_comfyui_vae",
     "LoraError", "apply_loras", "read_lora", "save_lora", "Conditioning", "Interrupted", "denoise", "BlockSwap",
     "plan_for_budget", "Placement", "QwenImage", "load_pipeline", "QwenImage21Transformer", "Transformer21Config",
-    "KVCache",
+    "KVCache", "QwenImage21VAE", "VAE21Config", "load_vae21", "save_comfyui_vae21", "save_vae21",
 ]
