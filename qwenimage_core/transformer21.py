@@ -312,6 +312,9 @@ class QwenImage21Transformer(nn.Module):
                 (img_mask.shape[0] > 1 and not bool((img_mask == img_mask[:1]).all())):
             raise ValueError(f"img_mask [{', '.join(map(str, img_mask.shape))}] must mark, for every sample alike, "
                              f"the {length} prompt slots and then the target's {n_target // TOKENS_PER_SLOT}")
+        if encoder_hidden_states_mask is not None and tuple(encoder_hidden_states_mask.shape) != (batch, length):
+            raise ValueError(f"encoder_hidden_states_mask has shape {list(encoder_hidden_states_mask.shape)}, the "
+                             f"prompt states need [{batch}, {length}]")
         layout = build_layout(img_mask[0], shapes)
         self._check_cache(kv_cache, kv_cache_mode, layout.prefix_len)
 

@@ -125,6 +125,8 @@ def test_bad_layouts_are_named(pair):
         ours(**{**kw, "img_shapes": [[(1, 4, 4), (1, 4, 4)]]}, timestep=torch.tensor(t))
     with pytest.raises(ValueError, match="kv_cache"):
         ours(**kw, timestep=torch.tensor(t), kv_cache_mode="cached")
+    with pytest.raises(ValueError, match=r"encoder_hidden_states_mask has shape \[1, 47\]"):
+        ours(**{**kw, "encoder_hidden_states_mask": torch.ones(1, 47)}, timestep=torch.tensor(t))
     cache = ours.new_cache()
     with pytest.raises(ValueError, match="empty"), torch.no_grad():
         ours(**kw, timestep=torch.tensor(t), kv_cache=cache, kv_cache_mode="cached")
