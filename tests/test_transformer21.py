@@ -4,10 +4,9 @@ per-sample timesteps, and the prefix KV cache."""
 import pytest
 import torch
 from _util import rel_err
-
-from qwenimage.cli import main
 from safetensors import safe_open
 
+from qwenimage.cli import main
 from qwenimage.qwenimage_core import QwenImageTransformer, load_transformer, preset, save_comfyui_transformer
 from qwenimage.qwenimage_core.checkpoint21 import FAMILY_20B, FAMILY_21, transformer_family
 from qwenimage.qwenimage_core.fp8 import FP8Linear, quantize
