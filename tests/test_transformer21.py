@@ -208,8 +208,9 @@ def test_comfyui_single_file_loads_and_matches(tmp_path, capsys):
               img_shapes=[[(1, 4, 4), (1, 4, 4)]], img_mask=torch.tensor([[False] + [True] * 4 + [False] + [True] * 4]))
     with torch.no_grad():
         assert rel_err(ours(**kw, timestep=torch.tensor([0.6])), ref(**kw, timestep=torch.tensor([0.6]))[0]) <= TOL
-    assert main(["inspect", str(path)]) == 0
+    assert main(["inspect", str(path), "--load"]) == 0
     out = capsys.readouterr().out
+    assert f"loaded {sum(p.numel() for p in ours.parameters()):,} parameters as torch.float32" in out
     assert f"transformer: {FAMILY_21}, 27 tensors in 1 file(s)" in out  # 9 + 9 per block, gate_up read as two
     assert "_class_name: QwenImage21Transformer2DModel" in out and "mlp_ratio: 3" in out
 
