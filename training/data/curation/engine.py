@@ -1,6 +1,7 @@
 """Run a pipeline over a set of records: shards of records, every op of every stage in order, resumable.
 
-The records (sorted by key) are cut into shards of `shard_size`. One function, `run_shard`, runs a list of ops over
+The records (sorted by key) are cut into shards of `shard_size` (at most the pipeline's, cut smaller so every
+worker gets several: `_shard_size`). One function, `run_shard`, runs a list of ops over
 one shard: each sample's image is decoded once (an `Item` shared by the ops) and a dropped sample stops there,
 its stage recorded. A `GlobalOp` (dedup, best-per-category) needs every sample's statistic before it can decide,
 so the ops are cut into phases after each one: all shards run up to it, `decide_all` sees every kept record, then
@@ -191,7 +192,8 @@ def local_map(steps: list[Step], tasks, workers: int):
 
 def curate(inputs, out: str, pipeline: Pipeline, *, workers: int | None = None, ray: bool | str | None = None,
            shard_size: int | None = None, progress: bool = True, report: bool = True) -> dict:
-    """Curate `inputs` (folders, .jsonl manifests, .tar) with `pipeline` into `out`; -> counts (as counts.json).
+    """Curate `inputs` (folders, .jsonl manifests, .tar, image files) with `pipeline` into `out`; -> counts (as
+    counts.json).
     ray: None/False for the local pool, True for a local Ray, or a Ray address."""
     from tqdm.auto import tqdm
 
