@@ -19,6 +19,27 @@ def _positive_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
+def check_field_types(config) -> None:
+    """Every field of a config dataclass of the type its default has (a config file's "num_layers": "20000" is
+    named here, not a TypeError deep in a check), and sizes positive; `extra` is free, a tuple default is the
+    rotary axes. Shared by the 20B and the 2.1 transformer configs."""
+    for f in dataclasses.fields(config):
+        if f.name == "extra":
+            continue
+        v, default = getattr(config, f.name), f.default
+        if isinstance(default, bool):
+            ok, want = isinstance(v, bool), "true or false"
+        elif isinstance(default, int):
+            ok, want = _positive_int(v), "a positive integer"
+        elif isinstance(default, float):
+            ok, want = _number(v) and math.isfinite(v) and v > 0, "a positive number"
+        else:  # axes_dims_rope
+            ok, want = isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_positive_int, v)), \
+                "three positive integers"
+        if not ok:
+            raise ValueError(f"config field {f.name!r} = {v!r} must be {want}")
+
+
 @dataclass(frozen=True)
 class TransformerConfig:
     patch_size: int = 2
@@ -53,23 +74,7 @@ class TransformerConfig:
             raise ValueError("guidance_embeds=True: no guidance-distilled Qwen-Image exists to define it")
 
     def _check_types(self):
-        """Every field of the type its default has (a config file's "num_layers": "20000" is named here, not a
-        TypeError deep in a check), and sizes positive."""
-        for f in dataclasses.fields(self):
-            if f.name == "extra":
-                continue
-            v, default = getattr(self, f.name), f.default
-            if isinstance(default, bool):
-                ok, want = isinstance(v, bool), "true or false"
-            elif isinstance(default, int):
-                ok, want = _positive_int(v), "a positive integer"
-            elif isinstance(default, float):
-                ok, want = _number(v) and math.isfinite(v) and v > 0, "a positive number"
-            else:  # axes_dims_rope
-                ok, want = isinstance(v, (list, tuple)) and len(v) == 3 and all(map(_positive_int, v)), \
-                    "three positive integers"
-            if not ok:
-                raise ValueError(f"config field {f.name!r} = {v!r} must be {want}")
+        check_field_types(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TransformerConfig":

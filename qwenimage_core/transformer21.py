@@ -10,7 +10,6 @@ full forward does. The network predicts the flow-matching velocity (noise - data
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from math import prod
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from .attention import attention
-from .config import _META_FIELDS
+from .config import _META_FIELDS, check_field_types
 from .layers import RMSNorm, TimestepConditioning, layer_norm, modulation
 from .msrope import apply_rope
 from .positions21 import TOKENS_PER_SLOT, Layout, build_layout, joint_key_mask, layout_shapes, rope21
@@ -50,26 +49,10 @@ class Transformer21Config:
         return self.num_attention_heads * self.attention_head_dim
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name == "extra":
-                continue
-            if isinstance(f.default, bool):
-                ok, want = isinstance(v, bool), "true or false"
-            elif isinstance(f.default, int):
-                ok, want = isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"
-            elif isinstance(f.default, float):
-                ok, want = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0, \
-                    "a positive number"
-            else:
-                ok, want = (isinstance(v, (list, tuple)) and len(v) == 3 and
-                            all(isinstance(a, int) and not isinstance(a, bool) and a > 0 and a % 2 == 0 for a in v)), \
-                    "three positive even integers"
-            if not ok:
-                raise ValueError(f"config field {f.name!r} = {v!r} must be {want}")
+        check_field_types(self)
         object.__setattr__(self, "axes_dims_rope", tuple(self.axes_dims_rope))
-        if sum(self.axes_dims_rope) != self.attention_head_dim:
-            raise ValueError(f"axes_dims_rope {self.axes_dims_rope} must sum to attention_head_dim "
+        if sum(self.axes_dims_rope) != self.attention_head_dim or any(a % 2 for a in self.axes_dims_rope):
+            raise ValueError(f"axes_dims_rope {self.axes_dims_rope} must be even and sum to attention_head_dim "
                              f"{self.attention_head_dim}")
 
     @classmethod

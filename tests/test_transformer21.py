@@ -266,3 +266,13 @@ def test_without_causal_condition_every_token_reads_its_timestep():
         assert rel_err(ours(**kw, timestep=torch.tensor(t)), ref(**kw, timestep=torch.tensor(t))[0]) <= TOL
     with pytest.raises(ValueError, match="causal_condition"):
         ours(**kw, timestep=torch.tensor(t), kv_cache=ours.new_cache(), kv_cache_mode="extract")
+
+
+def test_config_fields_are_checked_by_name():
+    assert Transformer21Config.from_dict({"out_channels": None, "in_channels": 16}).out_channels == 16
+    for bad, msg in [({"num_layers": "3"}, "'num_layers' = '3' must be a positive integer"),
+                     ({"eps": -1.0}, "'eps' = -1.0 must be a positive number"),
+                     ({"axes_dims_rope": [16, 56, 55]}, "must be even and sum to attention_head_dim 128"),
+                     ({"joint_attention_dim": 3584}, "unknown Qwen-Image 2.1 transformer config field")]:
+        with pytest.raises(ValueError, match=msg):
+            Transformer21Config.from_dict(bad)
