@@ -250,6 +250,18 @@ class QwenImage21VAE(QwenImageVAE):
         self.scale_factor = 2 ** (len(c.dim_mult) - 1)
         self.tiling = None
 
+    def encode(self, x: torch.Tensor):
+        if x.ndim in (4, 5) and x.shape[1] != self.config.in_channels:
+            raise ValueError(f"the 2.1 VAE encodes {self.config.in_channels}-channel (RGBA) images, got {x.shape[1]} "
+                             "channels (an RGB image takes an opaque alpha channel)")
+        return super().encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if z.ndim in (4, 5) and z.shape[1] != self.config.z_dim:
+            raise ValueError(f"the 2.1 VAE decodes {self.config.z_dim}-channel latents, got {z.shape[1]} channels "
+                             "(16: the 20B model's latents)")
+        return super().decode(z)
+
     def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
         return normalize_latents21(z, self.config)
 

@@ -243,6 +243,10 @@ def test_bad_inputs():
     vae = QwenImage21VAE(VAE21Config.tiny())
     with pytest.raises(ValueError, match="image size 40x32 must be a multiple of 16"):
         vae.encode(torch.zeros(1, 4, 32, 40))
+    with pytest.raises(ValueError, match="encodes 4-channel \\(RGBA\\) images, got 3 channels"):
+        vae.encode(torch.zeros(1, 3, 1, 32, 32))
+    with pytest.raises(ValueError, match="decodes 8-channel latents, got 16 channels"):
+        vae.decode(torch.zeros(1, 16, 2, 2))
     with pytest.raises(ValueError, match="multiples of 16"):
         vae.enable_tiling(tile=72)
     with pytest.raises(ValueError, match="at most half the tile"):
