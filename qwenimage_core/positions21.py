@@ -69,8 +69,11 @@ def _positions(is_image: torch.Tensor, shapes) -> torch.Tensor:
     """Integer (frame, row, column) of every token: text on the diagonal, each image on its centred grid."""
     pos = torch.empty(len(is_image), 3, dtype=torch.long)
     flags, cursor, position = is_image.tolist(), 0, 0
-    for _, h, w in shapes:
+    for k, (_, h, w) in enumerate(shapes):
         start = flags.index(True, cursor)
+        if not all(flags[start: start + h * w]):
+            raise ValueError(f"image {k} ({h}x{w} latent tokens) does not fit the run of image slots at slot "
+                             f"position {start}: the prompt's image slots and img_shapes disagree")
         pos[cursor:start] = torch.arange(position, position + start - cursor)[:, None]
         position += start - cursor
         grid = torch.stack(torch.meshgrid(_centred(h), _centred(w), indexing="ij"), dim=-1).reshape(-1, 2)

@@ -122,6 +122,8 @@ def test_bad_layouts_are_named(pair):
         ours(**{**kw, "img_mask": kw["img_mask"][:, 1:]}, timestep=torch.tensor(t))
     with pytest.raises(ValueError, match="img_shapes"):
         ours(**{**kw, "img_shapes": [[(1, 4, 4), (1, 4, 4)]]}, timestep=torch.tensor(t))
+    with pytest.raises(ValueError, match="image 0 .4x6 latent tokens. does not fit"):  # references swapped
+        ours(**{**kw, "img_shapes": [[(1, 4, 6), (1, 4, 4), (1, 4, 4)]]}, timestep=torch.tensor(t))
     with pytest.raises(ValueError, match="kv_cache"):
         ours(**kw, timestep=torch.tensor(t), kv_cache_mode="cached")
     with pytest.raises(ValueError, match=r"encoder_hidden_states_mask has shape \[1, 47\]"):
