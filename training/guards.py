@@ -4,7 +4,7 @@ be checkpointed or exported."""
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -54,14 +54,15 @@ class LossGuard:
 EXPLODED = 10.0  # one optimiser step never multiplies the trained weights' norm by this much in a healthy run
 
 
-def check_update(before: float, after: float, step: int, newest: str | None) -> None:
+def check_update(before: float, after: float, step: int, newest: Callable[[], str | None]) -> None:
     """Stop the run when optimiser step `step` made the trained weights non-finite, or multiplied their norm by
     more than EXPLODED (lr 1e30 gave finite weights of 1e30, which were saved, and keep_last then rotated the good
-    checkpoints out). The step cannot be undone, so nothing after it may be written. `newest`: the newest
-    checkpoint on disk, named as intact."""
+    checkpoints out). The step cannot be undone, so nothing after it may be written. `newest()`: the newest
+    checkpoint on disk, named as intact (looked up only then)."""
     if math.isfinite(after) and after <= EXPLODED * before + 1e-6:
         return
-    kept = f"the newest checkpoint {newest} is intact" if newest else "no checkpoint was written"
+    last = newest()
+    kept = f"the newest checkpoint {last} is intact" if last else "no checkpoint was written"
     raise TrainingStopped(f"step {step} took the trained weights' norm from {before:.4g} to {after:.4g} (the "
                           f"training diverged; lower optimizer.lr or check the data); stopping before anything of "
                           f"it is saved; {kept}")

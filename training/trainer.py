@@ -367,8 +367,7 @@ class Trainer:
             before = self.weights_norm() if self._norm is None else self._norm
             self.optimizer.step()
             self._norm = self.weights_norm()
-            newest = list_checkpoints(self.ckpt_dir)
-            check_update(before, self._norm, self.step + 1, newest[-1] if newest else None)
+            check_update(before, self._norm, self.step + 1, lambda: (list_checkpoints(self.ckpt_dir) or [None])[-1])
         self.optimizer.zero_grad(set_to_none=True)
         self.objective.end_step(applied)  # e.g. the discriminator's own step
         if self.ema is not None and math.isfinite(mean):
@@ -415,7 +414,7 @@ class Trainer:
                 self.step, self.stage_step, done_here = self.step + 1, self.stage_step + 1, done_here + 1
                 self.losses.append(loss)
                 self.show(bar, {"loss": loss, "lr": lr, "steps_per_s": done_here / (time.time() - t0), **self.logs},
-                          stage.name if len(stages) > 1 else None)
+                          (stage.name or str(self.stage_index)) if len(stages) > 1 else None)
                 if self.step % cfg.output.save_every == 0 and self.stage_step < stage.steps:
                     self.save(sampler)
                 if cfg.validation.every and self.step % cfg.validation.every == 0 and validating(cfg):
