@@ -426,6 +426,16 @@ def test_a_mistyped_transformer_config_names_the_field_and_file(tmp_path, tiny, 
         load_transformer(tmp_path)
 
 
+@pytest.mark.parametrize("field,value", [("num_res_blocks", "20000"), ("base_dim", 8.0), ("dim_mult", 4)])
+def test_a_mistyped_vae_config_names_the_field_and_file(tmp_path, field, value):
+    """"num_res_blocks": "20000" was a TypeError traceback (str + int in the count check)."""
+    save_vae(QwenImageVAE(VAEConfig.tiny()), tmp_path / "vae")
+    cfg = json.loads((tmp_path / "vae" / "config.json").read_text())
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({**cfg, field: value}))
+    with pytest.raises(CheckpointError, match=rf"config\.json: config field '{field}' = .* must be"):
+        load_vae(tmp_path)
+
+
 def test_a_count_or_size_that_is_not_an_integer_is_named_by_the_shared_check(tmp_path):
     """The VAE and text encoder configs reach the same check (weights.check_config_fits): a string count was a
     TypeError there (str > int)."""
