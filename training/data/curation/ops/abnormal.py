@@ -33,7 +33,7 @@ class QRCode(Op):
 
 def _gray(item: Item, side: int) -> tuple[np.ndarray, float]:
     """The analysis image in grey with its long side at most `side`, and its scale to the stored image's pixels."""
-    gray = np.asarray(item.small.convert("L"))
+    gray = item.gray_u8
     scale = side / max(gray.shape)
     if scale < 1:
         gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
