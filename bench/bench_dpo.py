@@ -12,7 +12,8 @@ phrasing and in a shorter one, "a circle on gray") with the adapters off (the ba
 image: the mean over its pixels of (B - (R + G) / 2) / 255 (a blue shape on white about +0.2, a red one about
 -0.1, gray 0). Reported: the held-out change per prompt (mean over seeds, same seeds before and after), its mean
 with the standard error over prompts, the number of prompts that moved up, the same on the pairs' own prompts,
-and the loss over the steps."""
+the loss over the steps, and how much the background moved (the mean absolute change of the corner pixels, where
+no shape is drawn: DPO alone can tint it)."""
 import argparse
 import json
 import math
@@ -62,34 +63,40 @@ def write_pairs(folder: str, n: int, seed: int, chosen="blue", rejected="red") -
     return path
 
 
-def blueness(images) -> np.ndarray:
-    a = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255 for im in images])
-    return (a[..., 2] - (a[..., 0] + a[..., 1]) / 2).mean(axis=(1, 2))
-
-
-def per_prompt(pipe, prompts, seeds, steps) -> np.ndarray:
-    """[prompts, seeds] blueness of fixed-seed samples."""
+def pixels(pipe, prompts, seeds, steps) -> np.ndarray:
+    """[prompts, seeds, 64, 64, 3] fixed-seed samples in [0, 1]."""
     flat = [p for p in prompts for _ in seeds]
     images = pipe.generate(flat, width=64, height=64, steps=steps, cfg=1.0, seed=list(seeds) * len(prompts))
-    return blueness(images).reshape(len(prompts), len(seeds))
+    a = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255 for im in images])
+    return a.reshape(len(prompts), len(seeds), *a.shape[1:])
 
 
-def change(pipe, model, prompts, seeds, steps) -> tuple[np.ndarray, np.ndarray]:
-    """(base, tuned) blueness per prompt (mean over seeds)."""
+def blueness(a: np.ndarray) -> np.ndarray:
+    """Per prompt, mean over its seeds."""
+    return (a[..., 2] - (a[..., 0] + a[..., 1]) / 2).mean(axis=(1, 2, 3))
+
+
+def corners(a: np.ndarray) -> np.ndarray:
+    """The four 8 x 8 corner patches (background: shapes are drawn near the centre)."""
+    return np.concatenate([a[..., :8, :8, :], a[..., :8, -8:, :], a[..., -8:, :8, :], a[..., -8:, -8:, :]], -2)
+
+
+def change(pipe, model, prompts, seeds, steps) -> tuple[np.ndarray, np.ndarray, float]:
+    """(base, tuned) blueness per prompt and the mean absolute change of the corner pixels (0-255 scale)."""
     model.eval()
     with torch.no_grad():
-        tuned = per_prompt(pipe, prompts, seeds, steps).mean(1)
+        tuned = pixels(pipe, prompts, seeds, steps)
         with adapters_off(model):
-            base = per_prompt(pipe, prompts, seeds, steps).mean(1)
-    return base, tuned
+            base = pixels(pipe, prompts, seeds, steps)
+    return blueness(base), blueness(tuned), float(np.abs(corners(tuned) - corners(base)).mean() * 255)
 
 
-def summary(base, tuned) -> str:
+def summary(base, tuned, background) -> str:
     d = tuned - base
     se = d.std(ddof=1) / math.sqrt(len(d))
     return (f"{base.mean():+.3f} -> {tuned.mean():+.3f}: change {d.mean():+.3f} +- {se:.3f} "
             f"({d.mean() / se:.1f} standard errors over {len(d)} prompts), {(d > 0).sum()}/{len(d)} prompts up "
-            f"(per prompt: {' '.join(f'{x:+.2f}' for x in d)})")
+            f"(per prompt: {' '.join(f'{x:+.2f}' for x in d)}); background (corners) changed by {background:.1f}/255")
 
 
 def main():

@@ -174,6 +174,16 @@ def test_config_checks(world, tmp_path):
         config(world, tmp_path, train={"weights": "full"}, reference={"device": "gpu"})
     with pytest.raises(ConfigError, match="dpo.beta: must be positive"):
         config(world, tmp_path, dpo={"beta": 0.0})
+    with pytest.raises(ConfigError, match="dpo.sft"):
+        config(world, tmp_path, dpo={"sft": -1.0})
+
+
+def test_sft_adds_the_chosen_images_flow_matching_loss(world, tmp_path):
+    """dpo.sft: at the start (margin 0) the loss is log 2 plus sft times the chosen images' mean velocity error."""
+    t = Trainer(config(world, tmp_path / "out", train={"mode": "dpo", "steps": 1}, dpo={"sft": 0.5}))
+    loss = t.run()["losses"][0]
+    assert t.logs["dpo/sft"] > 0.01
+    assert loss == pytest.approx(math.log(2) + 0.5 * t.logs["dpo/sft"], abs=1e-5)
 
 
 # --------------------------------------------------------------------------------------------- learning

@@ -130,6 +130,8 @@ class DPOConfig:
     """train.mode = "dpo": Flow-DPO on preference pairs (data.path: a JSONL of pairs or scored groups)."""
     beta: float = 2.0                 # on per-sample mean squared errors; Flow-DPO's 100 saturates the loss in a few
                                       # steps (training/objectives/dpo.py says why); Diffusion-DPO: 5000
+    sft: float = 0.0                  # weight of the chosen image's flow-matching loss added to DPO's: keeps samples
+                                      # clean (DPO alone may raise both errors, the loser's more); try 1 (README)
 
 
 @dataclass
@@ -268,7 +270,7 @@ POSITIVE = ("data.batch_size", "data.area", "data.min_size", "optimizer.lr", "tr
             "rl.height", "rl.cfg", "rl.clip_range", "rl.adv_clip_max", "rl.nft_beta", "rl.nft_timesteps")
 NON_NEGATIVE = ("train.max_grad_norm", "optimizer.weight_decay", "schedule.warmup", "train.seed", "vae.holdout",
                 "vae.latent_stats", "vae.eval_size", "vae.l1", "vae.l2", "vae.kl", "vae.perceptual", "vae.gan", "vae.gan_start",
-                "reference.refresh_every", "rl.noise_level", "rl.sde_window", "rl.beta", "rl.nft_kl",
+                "reference.refresh_every", "dpo.sft", "rl.noise_level", "rl.sde_window", "rl.beta", "rl.nft_kl",
                 "train.vram_budget_gb")
 
 

@@ -16,7 +16,12 @@ the margin at that point is about beta * d^2 / 2. With beta 100 it reaches 5 (lo
 bench/bench_dpo.py the loss fell 0.69 -> 0.01 in 3 steps and little was learnt after; the margin came mostly
 from low- and mid-noise draws, where x_t itself tells the pair apart and the loser can simply be denoised worse,
 which moves samples little. Beta 1-5 keeps the loss above 0.5 for the first 5 steps and moved held-out samples
-about twice as far (BENCHMARKS.md)."""
+about twice as far (BENCHMARKS.md).
+
+DPO alone may raise the chosen image's error too, as long as the rejected one's rises more: on the demo model the
+samples then drift (backgrounds tinted, shapes smeared at beta 2; gray, shapes lost at beta 10). `sft` adds the
+chosen image's flow-matching loss, sft * e_w (as RPO adds the chosen answer's NLL to DPO): with 1 the same run
+drew clean blue shapes on the right backgrounds."""
 from __future__ import annotations
 
 import torch
@@ -28,18 +33,20 @@ from .reference import Reference
 
 
 class DPO(Objective):
-    def __init__(self, flow: FlowMatching, reference: Reference, beta: float = 2.0):
-        self.flow, self.reference, self.beta = flow, reference, beta
+    def __init__(self, flow: FlowMatching, reference: Reference, beta: float = 2.0, sft: float = 0.0):
+        self.flow, self.reference, self.beta, self.sft = flow, reference, beta, sft
         self.step, self.refreshed_at, self.seen = 0, -1, []
 
     @classmethod
     def from_config(cls, cfg, accelerator=None) -> "DPO":
         device = accelerator.device if accelerator is not None else None
         unwrap = accelerator.unwrap_model if accelerator is not None else (lambda m: m)
-        return cls(FlowMatching.from_config(cfg.objective), Reference(cfg, device, unwrap), cfg.dpo.beta)
+        return cls(FlowMatching.from_config(cfg.objective), Reference(cfg, device, unwrap), cfg.dpo.beta,
+                   cfg.dpo.sft)
 
     def margins(self, model, batch, generators) -> torch.Tensor:
-        """The implicit reward margins [B] of the batch's pairs (the sigmoid's argument)."""
+        """The implicit reward margins [B] of the batch's pairs (the sigmoid's argument); the policy's errors on the
+        chosen images are kept in self.chosen_error (the sft term's)."""
         b = batch["latents"].shape[0]
         eps, sigma = self.flow.noise(batch["latents"], generators)  # one draw per pair: shared by its two images
         x0 = torch.cat([batch["latents"], batch["rejected"]])
@@ -49,6 +56,7 @@ class DPO(Objective):
         with torch.no_grad(), self.reference.model(model) as ref:  # first: a LoRA swap writes the adapters
             e_ref = velocity_error(ref, x0, *args)
         e = velocity_error(model, x0, *args)  # one forward for both halves (one DDP pass)
+        self.chosen_error = e[:b]
         return -self.beta / 2 * ((e[:b] - e_ref[:b]) - (e[b:] - e_ref[b:]))
 
     def loss(self, model, batch, generators):
@@ -58,8 +66,11 @@ class DPO(Objective):
         margin = self.margins(model, batch, generators)
         self.seen.append(margin.detach().float())
         seen = torch.cat(self.seen)  # logged over the step's micro-batches so far (the engine logs the last)
-        return -F.logsigmoid(margin), {"dpo/accuracy": (seen > 0).float().mean().item(),
-                                       "dpo/margin": seen.mean().item()}
+        logs = {"dpo/accuracy": (seen > 0).float().mean().item(), "dpo/margin": seen.mean().item()}
+        if not self.sft:
+            return -F.logsigmoid(margin), logs
+        logs["dpo/sft"] = self.chosen_error.mean().item()
+        return -F.logsigmoid(margin) + self.sft * self.chosen_error, logs
 
     def begin_step(self, step: int) -> None:
         self.step, self.seen = step, []
