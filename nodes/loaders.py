@@ -8,6 +8,7 @@ import os
 import torch
 
 from ..qwenimage_core.checkpoint import load_transformer
+from ..qwenimage_core.checkpoint21 import FAMILY_20B
 from ..qwenimage_core.lora import LoraError, match_lora
 from ..qwenimage_core.offload import BlockSwap
 from ..qwenimage_core.text_encoder import load_text_encoder
@@ -39,7 +40,8 @@ def _load_model(slot, path, weight_dtype, gpu_blocks=-1):
     dev = host.device()
 
     def load():
-        t = load_transformer(path, device="cpu" if gpu_blocks >= 0 else dev, dtype=dtype, weight_dtype=wdtype)
+        t = load_transformer(path, device="cpu" if gpu_blocks >= 0 else dev, dtype=dtype, weight_dtype=wdtype,
+                             family=FAMILY_20B)
         if gpu_blocks >= 0:
             t._block_swap = BlockSwap(t, min(gpu_blocks, len(t.transformer_blocks)), dev)
         return t

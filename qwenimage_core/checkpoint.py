@@ -13,7 +13,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .checkpoint21 import FAMILY_21, config21_dims, fuse, infer_config21, is_config21, transformer_family, unfuse
+from .checkpoint21 import FAMILY_20B, FAMILY_21, config21_dims, fuse, infer_config21, is_config21, transformer_family, unfuse
 from .config import TransformerConfig
 from .fp8 import FP8_DTYPES, SCALE_SUFFIXES, is_quant_key, quant_format, quantize, swap_to_fp8
 from .transformer import QwenImageTransformer
@@ -208,7 +208,7 @@ def transformer_sources(path: str, config: TransformerConfig | Transformer21Conf
 
 
 def load_transformer(path, device=None, dtype=None, config: TransformerConfig | None = None,
-                     weight_dtype=None) -> QwenImageTransformer | QwenImage21Transformer:
+                     weight_dtype=None, family: str | None = None) -> QwenImageTransformer | QwenImage21Transformer:
     """Load the 20B MMDiT or the 2.1 DiT from a diffusers folder (model or `transformer/` folder) or a ComfyUI
     single file.
 
@@ -217,9 +217,14 @@ def load_transformer(path, device=None, dtype=None, config: TransformerConfig | 
     high-precision linear weights of the blocks on load; a float dtype de-quantises fp8 weights into it.
     device defaults to the CPU. The model is built on the meta device and each tensor is assigned from the
     memory-mapped file, so peak memory stays near the weights' size. Errors name the file and the key. The
-    result is in eval mode with gradients off."""
+    result is in eval mode with gradients off. family (FAMILY_20B / FAMILY_21): refuse a file of the other model
+    by name before loading it."""
     config, sources = transformer_sources(path, config)
     check_transformer_config(config, sources)
+    found = FAMILY_21 if isinstance(config, Transformer21Config) else FAMILY_20B
+    if family is not None and found != family:  # before any weight is read: the caller runs only `family`
+        raise CheckpointError(f"{path}: a {found}, where this path runs the {family} only "
+                              f"(2.1 sampling, nodes and training are not in this version yet)")
     quant = {n: sources.pop(n) for n in [n for n in sources if is_quant_key(n)]}
     _check_quant_formats(quant)
     stored_fp8 = {n[: -len(".weight")] for n, (f, k) in sources.items()

@@ -375,6 +375,7 @@ def load_pipeline(path_or_files, device=None, dtype=None, edit_template: str | N
     as fit stay resident while the rest stream from pinned CPU memory (`offload.BlockSwap`). The images are
     identical to a fully resident run."""
     from .checkpoint import load_transformer
+    from .checkpoint21 import FAMILY_20B
     from .text_encoder import load_text_encoder
     from .vae import load_vae
 
@@ -398,7 +399,8 @@ def load_pipeline(path_or_files, device=None, dtype=None, edit_template: str | N
     else:
         files = _three_files(path_or_files)
         schedule = None
-    transformer = load_transformer(files["transformer"], device=load_device, dtype=dtype, weight_dtype=weight_dtype)
+    transformer = load_transformer(files["transformer"], device=load_device, dtype=dtype, weight_dtype=weight_dtype,
+                                   family=FAMILY_20B)
     vae = load_vae(files["vae"], device=load_device, dtype=dtype)
     text_encoder = load_text_encoder(files["text_encoder"], device=load_device, dtype=dtype)
     if vram_budget_gb is not None:

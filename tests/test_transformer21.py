@@ -1,6 +1,8 @@
 """The Qwen-Image 2.1 DiT against the reference (diffusers.QwenImage21Transformer2DModel, 0.42.1): structure, and
 float32 parity on a tiny random config for text-to-image, references (also adjacent), a right-padded batch with
 per-sample timesteps, and the prefix KV cache."""
+import os
+
 import pytest
 import torch
 from _util import rel_err
@@ -278,3 +280,26 @@ def test_config_fields_are_checked_by_name():
                      ({"joint_attention_dim": 3584}, "unknown Qwen-Image 2.1 transformer config field")]:
         with pytest.raises(ValueError, match=msg):
             Transformer21Config.from_dict(bad)
+
+
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "models")
+
+
+def test_a_21_file_in_a_20b_only_path_is_named_before_loading(tmp_path):
+    """Sampling, the nodes and the trainer run the 20B MMDiT only for now: a 2.1 file is refused by name, before its
+    weights are read, instead of failing later with a shape or TypeError."""
+    from qwenimage.nodes import loaders
+    from qwenimage.qwenimage_core.pipeline import load_pipeline
+    from qwenimage.qwenimage_core.weights import CheckpointError
+
+    path = tmp_path / "qwen_image_2.1_bf16.safetensors"
+    save_file_atomic({k: v.contiguous() for k, v in QwenImage21Transformer(COMFY_CFG).state_dict().items()}, path)
+    want = rf"qwen_image_2\.1_bf16\.safetensors: a {FAMILY_21}, where this path runs the {FAMILY_20B} only"
+    with pytest.raises(CheckpointError, match=want):
+        load_transformer(str(path), family=FAMILY_20B)
+    with pytest.raises(CheckpointError, match=want):
+        loaders._load_model("model:family-test", str(path), "default")
+    with pytest.raises(CheckpointError, match=want):
+        load_pipeline([str(path), f"{DEMO}/text_encoders/qwen_image_demo_text_encoder.safetensors",
+                       f"{DEMO}/vae/qwen_image_demo_vae.safetensors"])
+    assert isinstance(load_transformer(str(path), family=FAMILY_21), QwenImage21Transformer)

@@ -196,11 +196,14 @@ def plan_for_config(cfg) -> Placement | None:
     if not t.vram_budget_gb and t.blocks_to_swap < 0 and t.fp8_base == "auto":
         return None
     from ..qwenimage_core.checkpoint import transformer_sources
-    from ..qwenimage_core.config import preset
+    from ..qwenimage_core.config import TransformerConfig, preset
     from ..qwenimage_core.fp8 import FP8_DTYPES
 
     if cfg.model.path:
         config, sources = transformer_sources(cfg.model.path)
+        if not isinstance(config, TransformerConfig):  # the plan counts the 20B MMDiT's blocks
+            raise ConfigError(f"model.path: {cfg.model.path} is a Qwen-Image 2.1 DiT; training 2.1 is not in this "
+                              f"version yet")
         stored_fp8 = any(f.dtype(k) in FP8_DTYPES for n, (f, k) in sources.items()
                          if n.startswith("transformer_blocks.") and n.endswith(".weight"))
     else:
