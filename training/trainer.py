@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..qwenimage_core.checkpoint import load_transformer, save_comfyui_transformer, save_transformer
+from ..qwenimage_core.checkpoint21 import FAMILY_20B
 from ..qwenimage_core.config import preset
 from ..qwenimage_core.fp8 import FP8_DTYPES, FP8Linear
 from ..qwenimage_core.images import save_png
@@ -55,7 +56,8 @@ def build_model(cfg: Config, plan=None) -> QwenImageTransformer:
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"model.preset / model.preset_overrides: {e}") from None
     else:
-        model = load_transformer(cfg.model.path, dtype=dtype, weight_dtype=base_weight_dtype(plan, dtype))
+        model = load_transformer(cfg.model.path, dtype=dtype, weight_dtype=base_weight_dtype(plan, dtype),
+                                 family=FAMILY_20B)
     if cfg.model.gradient_checkpointing or plan is not None and plan.checkpointing:
         model.enable_gradient_checkpointing()
     if trains_lora(cfg):
