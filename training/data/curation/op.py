@@ -114,19 +114,17 @@ class Item:
     @property
     def small(self) -> Image.Image:
         if self._small is None:
-            im = self.pil
-            factor = max(im.size) // self.ANALYSIS_SIDE
-            if factor >= 2:  # a box average by a whole factor first: 7x cheaper than resizing all the pixels
-                im = im.reduce(int(factor))
-            scale = self.ANALYSIS_SIDE / max(im.size)
-            self._small = im if scale >= 1 else im.resize(
-                (max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+            self._small = Image.fromarray(self.pixels)
         return self._small
 
     @property
     def pixels(self) -> np.ndarray:
         if self._pixels is None:
-            self._pixels = np.asarray(self.small)
+            im = self.pil
+            factor = max(im.size) // self.ANALYSIS_SIDE
+            if factor >= 2:  # a box average by a whole factor first: 7x cheaper than resizing all the pixels
+                im = im.reduce(int(factor))
+            self._pixels = shrink(np.asarray(im), self.ANALYSIS_SIDE)
         return self._pixels
 
     @property
@@ -146,6 +144,25 @@ class Item:
         if self._gray is None:
             self._gray = self.gray_u8.astype(np.float32) / 255.0
         return self._gray
+
+
+ANTIALIAS = 0.35   # the blur's sigma, in output pixels, that matches PIL's BILINEAR (a triangle filter) reduction
+
+
+def shrink(a: np.ndarray, side: int) -> np.ndarray:
+    """uint8 pixels (H, W[, C]) scaled so the long side is at most `side`, as PIL's antialiased BILINEAR resize
+    does but at ~1/3 of its cost (2.2 against 6.0 ms for 960 x 720 RGB -> 512): a Gaussian blur, then bilinear
+    samples. Its sigma is fitted to PIL's filter at scales 1.1..1.9 (clarity, the most sensitive statistic, moves
+    by -0.04..+0.15 on its 0..10 scale, median +0.02, on bench/bench_curation.py's and the test sets' pictures; the
+    others by < 1.5%: the thresholds calibrated on PIL's copy hold)."""
+    h, w = a.shape[:2]
+    scale = side / max(h, w)
+    if scale >= 1:
+        return a
+    import cv2   # here: the CLI imports this module, and --help should not pay for OpenCV
+
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(cv2.GaussianBlur(a, (0, 0), ANTIALIAS / scale), size, interpolation=cv2.INTER_LINEAR)
 
 
 def _read_file(path: str) -> bytes:
