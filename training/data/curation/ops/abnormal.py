@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..op import Item, Op, OpError, register
+from ..op import Item, Op, OpError, register, shrink
 
 
 @register("qr_code")
@@ -33,11 +33,7 @@ class QRCode(Op):
 
 def _gray(item: Item, side: int) -> tuple[np.ndarray, float]:
     """The analysis image in grey with its long side at most `side`, and its scale to the stored image's pixels."""
-    gray = item.gray_u8
-    scale = side / max(gray.shape)
-    if scale < 1:
-        gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
-                          interpolation=cv2.INTER_AREA)
+    gray = shrink(item.gray_u8, side)   # the analysis copy's filter: 0.3 ms where INTER_AREA's 4:3 takes 0.8
     return gray, max(item.pil.size) / max(gray.shape)
 
 
