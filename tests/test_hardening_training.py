@@ -400,3 +400,22 @@ def test_checkpoints_and_loras_are_0644_under_umask_022(tmp_path):
     assert set(modes) == {"weights.safetensors", "ema.safetensors", "optimizer.pt", "state.json", "lora.safetensors"}
     assert set(modes.values()) == {"0o644"}, modes
     assert sorted(os.listdir(tmp_path)) == ["ck", "lora.safetensors"]  # no temporary left
+
+
+def test_a_finite_loss_with_a_nan_gradient_skips_the_step(world, tmp_path):
+    """Clipping a NaN gradient norm scaled every gradient to NaN and the optimiser wrote NaN weights: such a step
+    is skipped like a NaN loss, and max_nonfinite_steps of them stop the run."""
+    from qwenimage.training.trainer import Trainer
+
+    t = Trainer(_config(world, tmp_path / "out"))
+    t.run(stop_after=1)
+    before = {n: p.detach().clone() for n, p in t.params.items()}
+    real, p0 = t.objective.loss, next(iter(t.params.values()))
+
+    def nan_gradient(model, batch, gens):  # sqrt(p - p) is 0, its gradient 0 * inf = NaN
+        per_sample, logs = real(model, batch, gens)
+        return per_sample + torch.sqrt(p0 - p0).sum(), logs
+    t.objective.loss = nan_gradient
+    with pytest.raises(TrainingStopped, match=r"gradient norm was nan for 2 step\(s\) in a row"):
+        t.run()
+    assert all(torch.equal(before[n], p) for n, p in t.params.items())

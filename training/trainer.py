@@ -361,10 +361,11 @@ class Trainer:
             acc.backward(loss)
             total += loss.detach()
         mean = acc.reduce(total.reshape(1), "mean").item()  # the same on every process: all skip, or none
-        applied = self.loss_guard.ok(mean, self.step + 1)  # an inf/NaN loss: no update (and a stop after a few)
-        if applied and cfg.train.max_grad_norm > 0:  # a finite loss may still give inf/NaN gradients
-            norm = acc.clip_grad_norm_(list(self.params.values()), cfg.train.max_grad_norm)
-            applied = self.loss_guard.ok(float(norm), self.step + 1, "gradient norm")
+        checked, what = mean, "loss"
+        if math.isfinite(mean) and cfg.train.max_grad_norm > 0:  # a finite loss may still give inf/NaN gradients
+            norm = float(acc.clip_grad_norm_(list(self.params.values()), cfg.train.max_grad_norm))
+            checked, what = (mean, "loss") if math.isfinite(norm) else (norm, "gradient norm")
+        applied = self.loss_guard.ok(checked, self.step + 1, what)  # inf/NaN: no update (and a stop after a few)
         if applied:
             before = self.weights_norm() if self._norm is None else self._norm
             self.optimizer.step()
