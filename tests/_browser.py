@@ -336,3 +336,14 @@ async def node_on_screen(page: Page, node_type: str) -> dict:
         "return JSON.stringify({left: x(n.pos[0]), top: y(n.pos[1] - t), right: x(n.pos[0] + n.size[0]), "
         "bottom: y(n.pos[1] + n.size[1]), scale: ds.scale, "
         "canvas: {left: r.left, top: r.top, right: r.right, bottom: r.bottom}}); })()"))
+
+
+async def template_cards(page: Page, count: int, timeout=30) -> dict:
+    """The template browser's cards once `count` are there: name -> [title, thumbnail loaded (bool)]. A card's
+    last line of text is its title (above it, its kind: 'Node graph')."""
+    js = ("JSON.stringify(Object.fromEntries([...document.querySelectorAll('[data-testid^=\"template-workflow-\"]')]"
+          ".map(e => [e.dataset.testid.slice('template-workflow-'.length), [e.innerText.trim().split('\\n').pop(), "
+          "[...e.querySelectorAll('img')].some(i => i.complete && i.naturalWidth > 0)]])))")
+    got = await page.wait_for(f"(() => {{ const r = {js}; return Object.keys(JSON.parse(r)).length >= {count} ? r "
+                              ": ''; })()", timeout=timeout)
+    return json.loads(got)

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from _browser import (RUN_BUTTON, TOAST, Browser, click, command, find_chromium, graph_of, listen, node_on_screen,
-                      open_editor, output_images, server_node_types, toasts, wait_run)
+                      open_editor, output_images, server_node_types, template_cards, toasts, wait_run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
@@ -236,7 +236,8 @@ async def _demo(url, tmp_path):
 def test_small_window_shows_the_output_and_the_template_cards(served, tmp_path):
     """Issue 24, at 1366 x 768 in a fresh profile: the first screen fits the graph to the window, so after Run
     the Save Image node (and its image) is inside the viewport; the template browser opens with no console
-    error, and every template's thumbnail is served."""
+    error, every template's thumbnail is served, and each card (once: not again as a pack's) carries the title
+    the workflow keeps (extra.template), not its file name; a card opens its graph."""
     from qwenimage.nodes import server as S
 
     srv = S.PromptServer(user_dir=tmp_path / "user")
@@ -248,8 +249,10 @@ def test_small_window_shows_the_output_and_the_template_cards(served, tmp_path):
 async def _small_window(url, tmp_path):
     import urllib.request
 
+    with urllib.request.urlopen(url + "/templates/index.json") as r:
+        titles = {t["name"]: t["title"] for c in json.load(r) for t in c["templates"]}
     with urllib.request.urlopen(url + "/api/workflow_templates") as r:
-        templates = json.load(r)
+        assert json.load(r) == {}  # the shipped workflows are listed once, as the core index
     async with Browser.launch(tmp_path, window=(1366, 768)) as browser:
         page = await open_editor(browser, url)
         await asyncio.sleep(1.0)  # the extension's fit is applied on the next frame
@@ -275,17 +278,30 @@ async def _small_window(url, tmp_path):
         assert overlaps == [], overlaps
 
         await command(page, "Comfy.BrowseTemplates")
-        await page.wait_for("document.body.innerText.includes('demo') ? 'yes' : ''", timeout=30)
+        await template_cards(page, len(titles))
         await asyncio.sleep(2.0)  # the cards' thumbnails load
+        cards = await template_cards(page, len(titles))
         await page.screenshot(tmp_path / "templates.png")
+        assert set(titles) >= {"demo", "text_to_image", "lightning_8_steps"} and titles["demo"] != "demo", titles
+        assert {n: c[0] for n, c in cards.items()} == titles, cards  # human titles, each card once
+        assert next(iter(cards)) == "demo", list(cards)  # FIRST_TEMPLATES: the demo's card first
+        assert cards["demo"][1], cards  # its thumbnail drawn
         thumbs = {}
-        for module, names in templates.items():
-            for name in names:
-                path = f"/api/workflow_templates/{module}/{name}.jpg"
-                thumbs[name] = await page.eval(f"fetch({json.dumps(path)}).then(r => r.status + ' ' + "
-                                               "r.headers.get('content-type'))")
-        assert thumbs and all(v == "200 image/jpeg" for v in thumbs.values()), thumbs
+        for name in titles:
+            path = f"/templates/{name}-1.jpg"
+            thumbs[name] = await page.eval(f"fetch({json.dumps(path)}).then(r => r.status + ' ' + "
+                                           "r.headers.get('content-type'))")
+        assert all(v == "200 image/jpeg" for v in thumbs.values()), thumbs
+        shown = [r["url"] for r in page.requests.values() if r["url"].endswith("-1.jpg") and r["status"] == 200]
+        assert shown, "the browser fetched no thumbnail"
+        # a card opens its graph (fetched from /templates/<name>.json)
+        card = '[data-testid="template-workflow-text_to_image"]'
+        await page.eval(f"document.querySelector({json.dumps(card)}).scrollIntoView({{block: 'center'}}) || true")
+        await asyncio.sleep(0.5)
+        await click(page, card)
+        await page.wait_for("app.graph._nodes.some(n => n.type === 'QwenImageEmptyLatent' && "
+                            "n.widgets.find(w => w.name === 'width').value === 1664)", timeout=30)
         failures, errors = page.failures(), page.console_errors()
         assert not failures, "failed requests:\n" + "\n".join(failures)
         assert not errors, "console errors:\n" + "\n".join(errors)
-    return {"save_image": box, "thumbnails": thumbs}
+    return {"save_image": box, "thumbnails": thumbs, "cards": cards}

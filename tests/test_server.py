@@ -262,13 +262,38 @@ def test_frontend_routes_answer(srv, prefix):
         assert call(srv, "GET", e)[0] == 200
 
 
-def test_shipped_workflows_are_offered_as_templates(srv):
+def test_shipped_workflows_are_offered_as_templates(srv, tmp_path):
+    """Issue 24: the shipped workflows are the core template index (the frontend titles those cards by their
+    title; a pack's only by file name), demo first, with graph and thumbnail under /templates/; not listed again
+    as a pack's, while another pack's template folder still is."""
+    shipped = sorted(p[:-5] for p in os.listdir(os.path.join(REPO, "workflows")) if p.endswith(".json"))
+    for locale in ("", ".zh"):
+        status, index, _ = call(srv, "GET", f"/templates/index{locale}.json")
+        assert status == 200 and [c["moduleName"] for c in index] == ["default"], index
+        cards = index[0]["templates"]
+        assert cards[0]["name"] == "demo" and sorted(c["name"] for c in cards) == shipped
+    for card in cards:
+        assert {card["mediaType"], card["mediaSubtype"]} == {"image", "jpg"}, card
+        assert card["title"] != card["name"] and "_" not in card["title"] and card["description"], card
+        status, wf, _ = call(srv, "GET", f"/templates/{card['name']}.json")
+        assert status == 200 and wf["extra"]["template"]["title"] == card["title"]
+        status, jpg, h = call(srv, "GET", f"/templates/{card['name']}-1.jpg")
+        assert status == 200 and h["Content-Type"] == "image/jpeg" and jpg[:2] == b"\xff\xd8", card
+    assert next(c for c in cards if c["name"] == "lightning_8_steps")["title"] == "Lightning: 8 steps"
+    for bad in ("/templates/nothing.json", "/templates/nothing-1.jpg", "/templates/demo.jpg", "/templates/demo-2.jpg",
+                "/templates/api-1.jpg", "/templates/..%2Fpyproject.toml", "/templates/..%2Fworkflows%2Fdemo.json",
+                "/templates/%2E%2E%2Fdemo.json", "/api/workflow_templates/Qwen-Image/..%2Fpyproject.toml",
+                "/api/workflow_templates/Other/edit.json"):
+        assert call(srv, "GET", bad)[0] == 404, bad
     status, body, _ = call(srv, "GET", "/api/workflow_templates")
-    assert status == 200 and "text_to_image" in body["Qwen-Image"] and not any("api" in n for n in body["Qwen-Image"])
-    status, wf, _ = call(srv, "GET", "/api/workflow_templates/Qwen-Image/text_to_image.json")
-    assert status == 200 and any(n["type"] == "QwenImageSampler" for n in wf["nodes"])
-    for bad in ("/api/workflow_templates/Qwen-Image/..%2Fpyproject.toml", "/api/workflow_templates/Other/edit.json"):
-        assert call(srv, "GET", bad)[0] == 404
+    assert status == 200 and body == {}, body  # no duplicate cards
+    (tmp_path / "ex.json").write_text(json.dumps({"nodes": [], "links": []}))
+    srv.server.template_dirs["Other"] = tmp_path  # another pack's templates stay a custom-node module
+    try:
+        assert call(srv, "GET", "/api/workflow_templates")[1] == {"Other": ["ex"]}
+        assert call(srv, "GET", "/api/workflow_templates/Other/ex.json")[0] == 200
+    finally:
+        del srv.server.template_dirs["Other"]
 
 
 def test_shapes_of_info_routes(srv):

@@ -4,7 +4,8 @@ the frontend's panels read.
 
 Two lists other parts extend: `PromptServer.extension_dirs` (pack name -> folder of JS extensions, served at
 /extensions/<pack>/... and listed by /extensions, as ComfyUI serves a node pack's WEB_DIRECTORY) and
-`PromptServer.template_dirs` (module -> folder of UI-format workflows for the template browser)."""
+`PromptServer.template_dirs` (module -> folder of UI-format workflows for the template browser; the
+TEMPLATES_MODULE folder, the shipped workflows, is served as ComfyUI's core template index, the others as packs')."""
 from __future__ import annotations
 
 import json
@@ -131,21 +132,49 @@ async def i18n(request):
     return web.json_response({})
 
 
+def template_entry(folder: Path, name: str) -> dict:
+    """A card of the core template index: the title and one-line description the workflow keeps in
+    extra.template (scripts/make_workflows.py writes them), else its file name."""
+    try:
+        with open(Path(folder) / f"{name}.json", encoding="utf-8") as f:
+            meta = (json.load(f).get("extra") or {}).get("template") or {}
+    except (OSError, ValueError, AttributeError):
+        meta = {}
+    title = meta.get("title") if isinstance(meta.get("title"), str) else name
+    description = meta.get("description") if isinstance(meta.get("description"), str) else title
+    return {"name": name, "title": title, "description": description, "mediaType": "image", "mediaSubtype": "jpg"}
+
+
+def template_index(folder: Path) -> list:
+    """/templates/index.json as ComfyUI's comfyui-workflow-templates package writes it: one category of the
+    "default" module (whose cards the frontend titles by their `title`; a pack's only by file name)."""
+    names = example_workflows(Path(folder))
+    return [{"moduleName": "default", "title": TEMPLATES_MODULE, "type": "image", "isEssential": True,
+             "templates": [template_entry(folder, n) for n in names]}] if names else []
+
+
 @routes.get("/templates/{name}")
 async def templates(request):
-    # ComfyUI serves the comfyui-workflow-templates package here; we ship none: empty indexes
+    """What ComfyUI serves from the comfyui-workflow-templates package: the core index (ours: the shipped
+    workflows, in every locale), each template's graph <name>.json and its thumbnail <name>-1.jpg."""
+    folder = server_of(request).template_dirs.get(TEMPLATES_MODULE)
     name = request.match_info["name"]
     if re.fullmatch(r"index(\.[A-Za-z_-]+)?\.json", name):
-        return web.json_response([])
+        return web.json_response(template_index(folder) if folder is not None else [])
     if name == "index_logo.json":
         return web.json_response({})
-    return web.Response(status=404)
+    m = re.fullmatch(r"(.+?)(?:\.json|-1\.jpg)", name)
+    if folder is None or m is None or m[1] not in example_workflows(Path(folder)):
+        return web.Response(status=404)
+    path = Path(folder) / (m[1] + (".json" if name.endswith(".json") else ".jpg"))
+    return web.FileResponse(path) if path.is_file() else web.Response(status=404)
 
 
 @routes.get("/workflow_templates")
 async def workflow_templates(request):
-    # as ComfyUI lists a custom node pack's example workflows: the template browser shows ours
-    out = {m: example_workflows(Path(d)) for m, d in server_of(request).template_dirs.items()}
+    # as ComfyUI lists a custom node pack's example workflows; ours are the core index above (titled cards), so
+    # they are not listed twice
+    out = {m: example_workflows(Path(d)) for m, d in server_of(request).template_dirs.items() if m != TEMPLATES_MODULE}
     return web.json_response({m: names for m, names in out.items() if names})
 
 
