@@ -44,13 +44,7 @@ class VAEConfig:
     latents_std: tuple[float, ...] = LATENTS_STD
 
     def __post_init__(self):
-        if not isinstance(self.dim_mult, (list, tuple)):
-            raise ValueError(f"config field 'dim_mult' = {self.dim_mult!r} must be a list of positive integers")
-        sizes = [(n, getattr(self, n)) for n in ("base_dim", "z_dim", "num_res_blocks", "input_channels")]
-        sizes += [(f"dim_mult[{i}]", m) for i, m in enumerate(self.dim_mult)]
-        for name, v in sizes:  # a config file's "num_res_blocks": "2" named here, not a TypeError in a check
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"config field {name!r} = {v!r} must be a positive integer")
+        check_sizes(self, ("base_dim", "z_dim", "num_res_blocks", "input_channels"))
         for name in ("dim_mult", "attn_scales", "temperal_downsample", "latents_mean", "latents_std"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(self.temperal_downsample) != len(self.dim_mult) - 1:
@@ -76,6 +70,17 @@ class VAEConfig:
     def tiny(cls, **kw) -> "VAEConfig":
         """Official depth (8x down, 16 latent channels, temporal flags) at 8 base channels: tests on a CPU."""
         return cls(**{"base_dim": 8, "num_res_blocks": 1, **kw})
+
+
+def check_sizes(config, names) -> None:
+    """The named fields and every dim_mult entry of a VAE config must be positive integers: a config file's
+    "num_res_blocks": "2" is named here, not a TypeError in a later check."""
+    if not isinstance(config.dim_mult, (list, tuple)):
+        raise ValueError(f"config field 'dim_mult' = {config.dim_mult!r} must be a list of positive integers")
+    sizes = [(n, getattr(config, n)) for n in names] + [(f"dim_mult[{i}]", m) for i, m in enumerate(config.dim_mult)]
+    for name, v in sizes:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"config field {name!r} = {v!r} must be a positive integer")
 
 
 # ----------------------------------------------------------------------------------- latent normalisation

@@ -22,8 +22,8 @@ import torch.nn as nn
 
 from .checkpoint import component_folder, folder_sources
 from .vae import (_BLOCKS, _RESIDUAL, _TOP, FAMILIES, LATENT_STATS_KEY, PREFIXES, Decoder, Encoder, MidBlock,
-                  QwenImageVAE, Resample, ResidualBlock, RMSNorm, _inverse, _rename, _stats_fields, save_vae,
-                  vae_family)
+                  QwenImageVAE, Resample, ResidualBlock, RMSNorm, _inverse, _rename, _stats_fields, check_sizes,
+                  save_vae, vae_family)
 from .weights import CheckpointError, SafetensorsFile, assign_weights, check_config_fits, save_file_atomic
 
 LATENTS_MEAN = (0.5126, 0.7721, -0.0631, 1.3506, -0.7855, -2.1025, -0.3458, 1.3722, 1.8873, -1.7177, -0.6510,
@@ -62,10 +62,11 @@ class VAE21Config:
     scale_factor_spatial: int | None = 16
 
     def __post_init__(self):
-        for name in ("dim_mult", "attn_scales", "temperal_downsample", "latents_mean", "latents_std"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.decoder_base_dim is None:
             object.__setattr__(self, "decoder_base_dim", self.base_dim)
+        check_sizes(self, ("base_dim", "decoder_base_dim", "z_dim", "num_res_blocks", "in_channels", "out_channels"))
+        for name in ("dim_mult", "attn_scales", "temperal_downsample", "latents_mean", "latents_std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.is_residual or self.patch_size not in (None, 1):
             raise ValueError(f"is_residual = {self.is_residual}, patch_size = {self.patch_size}: the 2.1 VAE is "
                              "residual and unpatchified (a Wan VAE is loaded with load_vae)")

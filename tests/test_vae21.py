@@ -237,6 +237,9 @@ def test_errors_name_file_and_key(tmp_path, ref_folder):
     save_file(state, str(bad / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(CheckpointError, match=r"config\.json: is_residual = False"):
         load_vae21(str(bad))
+    (bad / "config.json").write_text(json.dumps({**cfg, "num_res_blocks": "20000"}))
+    with pytest.raises(CheckpointError, match=r"config\.json: config field 'num_res_blocks' = '20000' must be a posi"):
+        load_vae21(str(bad))
 
 
 def test_bad_inputs():
