@@ -294,6 +294,7 @@ def demo():
 
 # name -> (build, the template browser card's title, its one-line description). Our server offers these as the
 # core template index (titles shown); ComfyUI lists a pack's templates by file name and ignores extra.template.
+# (The frontend shows a description with its - and _ as spaces: write none.)
 WORKFLOWS = {
     "demo": (demo, "Demo: a tiny model trained here",
              "Seconds on a CPU: shapes, colours and words at 64 x 64 px, from the model files in demo/models."),

@@ -296,6 +296,19 @@ def test_shipped_workflows_are_offered_as_templates(srv, tmp_path):
         del srv.server.template_dirs["Other"]
 
 
+def test_template_index_without_titles(tmp_path):
+    """A workflow with no extra.template (or an unreadable one) is still a card: titled by its file name."""
+    from qwenimage.nodes.server.routes_system import template_index
+
+    (tmp_path / "plain.json").write_text(json.dumps({"nodes": [], "extra": {"template": {"title": 3}}}))
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "demo.json").write_text(json.dumps({"extra": {"template": {"title": "D", "description": "d"}}}))
+    [category] = template_index(tmp_path)
+    assert [(t["name"], t["title"], t["description"]) for t in category["templates"]] == \
+        [("demo", "D", "d"), ("broken", "broken", "broken"), ("plain", "plain", "plain")]
+    assert template_index(tmp_path / "none") == []
+
+
 def test_shapes_of_info_routes(srv):
     _, stats, _ = call(srv, "GET", "/api/system_stats")
     assert set(stats) == {"system", "devices"}
