@@ -83,6 +83,7 @@ class Item:
         self.record = record
         self._data, self._reader = data, reader
         self._pil = self._small = self._pixels = self._gray_u8 = self._rgb = self._gray = None
+        self.header = None   # files.header's lazily opened image (size, format, EXIF), shared by the file ops
 
     @property
     def key(self) -> str:

@@ -14,7 +14,10 @@ EXIF_ORIENTATION = 0x0112   # the EXIF tag: 1 = as stored; 2..8 = mirrored and/o
 
 def header(item: Item) -> Image.Image:
     """The image opened lazily (size, format, EXIF; no pixels), or Undecodable naming why. Pixel-count bombs are
-    refused here as `decode` refuses them, so no op reports the size of a file that must not be decoded."""
+    refused here as `decode` refuses them, so no op reports the size of a file that must not be decoded. Opened once
+    per sample: broken, resolution, exif_rotation share it."""
+    if item.header is not None:
+        return item.header
     try:
         im = Image.open(io.BytesIO(item.data))
     except Image.DecompressionBombError as e:
@@ -24,6 +27,7 @@ def header(item: Item) -> Image.Image:
     if im.width * im.height > Item.MAX_PIXELS:
         raise Undecodable(f"decompression bomb: {im.width}x{im.height} = {im.width * im.height} pixels "
                           f"> {Item.MAX_PIXELS}")
+    item.header = im
     return im
 
 

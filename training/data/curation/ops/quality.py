@@ -77,8 +77,9 @@ class Saturation(Op):
     default_keep = {"colourfulness": (0.0, 110.0)}
 
     def compute(self, item: Item) -> dict:
-        s = cv2.cvtColor(item.pixels, cv2.COLOR_RGB2HSV)[..., 1]   # 0..255 (rounded: the mean moves < 0.001)
-        return {"saturation": float(histogram(s) @ LEVELS / s.size), "colourfulness": colourfulness(item.pixels)}
+        hsv = cv2.cvtColor(item.pixels, cv2.COLOR_RGB2HSV)   # S in 0..255 (rounded: the mean moves < 0.001)
+        counts = cv2.calcHist([hsv], [1], None, [256], [0, 256]).ravel().astype(np.float64)
+        return {"saturation": float(counts @ LEVELS / counts.sum()), "colourfulness": colourfulness(item.pixels)}
 
 
 def colourfulness(rgb: np.ndarray) -> float:
