@@ -1,19 +1,20 @@
 """DPO on preference pairs that prefer one colour, measured by how far it moves the samples of held-out prompts.
 
-    python bench/bench_dpo.py --threads 1                          # the shipped demo model, default dpo.beta
-    python bench/bench_dpo.py --threads 1 --set dpo.beta=100       # Flow-DPO's beta: saturates in 3 steps
+    python bench/bench_dpo.py --threads 1                          # the shipped demo model, DPO's defaults
+    python bench/bench_dpo.py --threads 1 --set dpo.sft=0          # plain DPO: the background drifts
+    python bench/bench_dpo.py --threads 1 --set dpo.sft=0 dpo.beta=100   # Flow-DPO: saturates in 3 steps
 
 It writes 24 pairs of 64 px pictures: a shape on a plain background, the chosen one blue and the rejected one red,
 same shape, place and prompt ("a circle on a white background": the prompt names no colour). It trains a LoRA
-through the public trainer (`train.mode = "dpo"`) with the defaults (`[dpo]`, `[objective]`, `[lora]`) at the
-demo model's learning rate (1e-3, the one it was pretrained with; the trainer's 1e-4 is for the 20B model) and
-samples fixed seeds of 12 held-out prompts (the shapes on backgrounds no pair has, gray and green, in the pairs'
-phrasing and in a shorter one, "a circle on gray") with the adapters off (the base) and on. Blueness of an
-image: the mean over its pixels of (B - (R + G) / 2) / 255 (a blue shape on white about +0.2, a red one about
--0.1, gray 0). Reported: the held-out change per prompt (mean over seeds, same seeds before and after), its mean
-with the standard error over prompts, the number of prompts that moved up, the same on the pairs' own prompts,
-the loss over the steps, and how much the background moved (the mean absolute change of the corner pixels, where
-no shape is drawn: DPO alone can tint it)."""
+through the public trainer (`train.mode = "dpo"`) with the defaults (`[dpo]`, `[objective]`, `[lora]`) at the demo
+model's learning rate (1e-3, the one it was pretrained with; the trainer's 1e-4 is for the 20B model) and samples
+fixed seeds of 6 held-out prompts (the shapes on backgrounds no pair has, gray and green; a shorter phrasing, "a
+circle on gray", was dropped: the base draws no shape for it, so it only turns bluer by tinting the whole image)
+with the adapters off (the base) and on. Blueness of an image: the mean over its pixels of (B - (R + G) / 2) / 255
+(a blue shape on white about +0.2, a red one about -0.1, gray 0). Reported: the held-out change per prompt (mean
+over seeds, same seeds before and after), its mean with the standard error over prompts, the number of prompts that
+moved up, the same on the pairs' own prompts, the loss over the steps, and how much the background moved (the mean
+absolute change of the corner pixels, where no shape is drawn: DPO alone can tint it)."""
 import argparse
 import json
 import math
@@ -109,7 +110,7 @@ def main():
     p.add_argument("--steps", type=int, default=60, help="optimiser steps")
     p.add_argument("--batch", type=int, default=4, help="pairs per step")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seeds", type=int, default=3, help="samples per held-out prompt")
+    p.add_argument("--seeds", type=int, default=4, help="samples per held-out prompt")
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides (JSON values), e.g. dpo.beta=500 optimizer.lr=1e-3")
@@ -141,7 +142,6 @@ def main():
     train_s = time.perf_counter() - t0
     pipe, model, seeds = QwenImage(trainer.unwrapped, *trainer.encoders.get()), trainer.unwrapped, range(a.seeds)
     heldout = [caption(s, b) for s in SHAPES for b in HELDOUT_BACKGROUNDS]
-    heldout += [f"a {s} on {b}" for s in SHAPES for b in HELDOUT_BACKGROUNDS]
     own = sorted({caption(s, b) for s in SHAPES for b in TRAIN_BACKGROUNDS})
     losses = result["losses"]
     marks = sorted({0, 1, 2, 4, 9, len(losses) // 2, len(losses) - 1} & set(range(len(losses))))

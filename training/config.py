@@ -130,8 +130,8 @@ class DPOConfig:
     """train.mode = "dpo": Flow-DPO on preference pairs (data.path: a JSONL of pairs or scored groups)."""
     beta: float = 2.0                 # on per-sample mean squared errors; Flow-DPO's 100 saturates the loss in a few
                                       # steps (training/objectives/dpo.py says why); Diffusion-DPO: 5000
-    sft: float = 0.0                  # weight of the chosen image's flow-matching loss added to DPO's: keeps samples
-                                      # clean (DPO alone may raise both errors, the loser's more); try 1 (README)
+    sft: float = 1.0                  # weight of the chosen image's flow-matching loss added to DPO's: keeps samples
+                                      # clean (DPO alone may raise both errors, the loser's more); 0: plain DPO
 
 
 @dataclass
