@@ -157,3 +157,26 @@ def test_without_tensorboard_installed_metrics_still_go_to_jsonl(world, tmp_path
     assert not any("tfevents" in f for _, _, fs in os.walk(out) for f in fs)
     assert [r["step"] for r in _rows(out)] == [1, 2]
     assert os.listdir(out / "validation" / "step-00000002") == ["00-seed0.png"]
+
+
+def test_wandb_is_a_tracker_when_installed_and_named_when_not(monkeypatch, caplog):
+    """logging.wandb adds Weights & Biases to accelerate's trackers when the package is there; when it is not, the
+    run is told once how to get it and logs to metrics.jsonl (and TensorBoard) only."""
+    import importlib.util
+
+    from qwenimage.training import trainer
+    from qwenimage.training.config import load_config
+
+    cfg = load_config({"model": {"preset": "tiny"}, "data": {"path": "x"}, "train": {"mode": "pretrain"},
+                       "logging": {"tensorboard": True, "wandb": True}})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(trainer, "_SAID_MISSING", set())
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n in ("wandb", "tensorboard")
+                        else real(n, *a))
+    assert trainer.trackers(cfg) == ["tensorboard", "wandb"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else object())
+    with caplog.at_level("WARNING", logger="qwenimage.training"):
+        assert trainer.trackers(cfg) == ["tensorboard"]
+        assert trainer.trackers(cfg) == ["tensorboard"]
+    said = [r.getMessage() for r in caplog.records if "wandb" in r.getMessage()]
+    assert len(said) == 1 and "pip install wandb" in said[0]

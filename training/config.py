@@ -188,6 +188,7 @@ class OutputConfig:
 class LoggingConfig:
     every: int = 10
     tensorboard: bool = True
+    wandb: bool = False  # Weights & Biases through accelerate's tracker (pip install wandb; WANDB_MODE=offline works)
     progress: bool = True
 
 

@@ -245,11 +245,12 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
 
         self.cfg = cfg
+        self.trackers = trackers(cfg)
         if accelerator is None:  # a second run in this process may ask another precision (the process group stays)
             AcceleratorState._reset_state()
         self.acc = accelerator or Accelerator(
             mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
-            log_with="tensorboard" if cfg.logging.tensorboard else None, project_dir=cfg.output.dir,
+            log_with=self.trackers or None, project_dir=cfg.output.dir,
             # the last block's text stream feeds nothing (only image tokens are predicted): DDP must not wait for it
             kwargs_handlers=[DistributedDataParallelKwargs(**{"find_unused_parameters": True,
                                                                **cfg.train.distributed})])
@@ -388,7 +389,7 @@ class Trainer:
             self.resume(path)
         if self.metrics_log is not None:
             self.metrics_log.resume_at(self.step)
-        if cfg.logging.tensorboard:
+        if self.trackers:
             acc.init_trackers("qwenimage", config={"mode": cfg.train.mode, "lr": cfg.optimizer.lr,
                                                    "batch_size": cfg.data.batch_size, "seed": cfg.train.seed})
         stages = cfg.stage_list()
@@ -437,10 +438,10 @@ class Trainer:
         return {**self.summary(), "outputs": outputs}
 
     def record(self, values: dict, tensorboard: bool = True) -> None:
-        """One row of metrics at this step: in output.dir/metrics.jsonl always, in TensorBoard when it logs."""
+        """One row of metrics at this step: in output.dir/metrics.jsonl always, in TensorBoard / W&B when they log."""
         if self.metrics_log is not None:
             self.metrics_log.write(self.step, values)
-        if self.cfg.logging.tensorboard and tensorboard:
+        if self.trackers and tensorboard:
             self.acc.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=self.step)
 
     def show(self, bar, values: dict, stage: str | None) -> None:
@@ -587,6 +588,27 @@ class Trainer:
 
         tracker = self.acc.get_tracker("tensorboard", unwrap=True)
         tracker.add_image(tag, np.asarray(img), self.step, dataformats="HWC")
+
+
+def trackers(cfg: Config) -> list[str]:
+    """accelerate's trackers the config asks for and this environment has: TensorBoard, Weights & Biases. One asked
+    for but not installed is said once and left out (metrics.jsonl has every figure anyway)."""
+    import importlib.util
+
+    out = []
+    for name, module, on in (("tensorboard", "tensorboard", cfg.logging.tensorboard),
+                             ("wandb", "wandb", cfg.logging.wandb)):
+        if on and importlib.util.find_spec(module) is None:
+            if name not in _SAID_MISSING:
+                _SAID_MISSING.add(name)
+                log.warning("logging.%s: the %s package is not installed (pip install %s); metrics go to "
+                            "metrics.jsonl only", name, module, module)
+        elif on:
+            out.append(name)
+    return out
+
+
+_SAID_MISSING: set = set()
 
 
 def validating(cfg: Config) -> bool:
