@@ -242,12 +242,21 @@ def colour_pairs(folder, n: int = 24) -> str:
     return os.path.join(folder, "pairs.jsonl")
 
 
-def test_defaults_learn_for_many_steps_and_move_held_out_samples_cleanly(tmp_path):
+def test_defaults_learn_for_many_steps_and_move_held_out_samples(tmp_path):
     """The issue's check on the shipped demo model: pairs preferring a blue shape over a red one. With the default
     beta, DPO's own loss (sft 0) is still well above 0 after 5 steps (Flow-DPO's beta 100 took it to 0.01 by
     step 3, after which nothing more was learnt); with the defaults (sft 1) held-out prompts (backgrounds no pair
     has) come out bluer, by more than 3 standard errors over the prompts, every prompt up (bench/bench_dpo.py
     measures how much the background moved: sft 1 keeps it, plain DPO at beta 2 tints it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the demo model is tiny: one thread is the fastest on a shared CPU
+    try:
+        _demo_dpo(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _demo_dpo(tmp_path):
     from qwenimage.qwenimage_core import QwenImage
     from qwenimage.training.demo import demo_paths
     from qwenimage.training.objectives.reference import adapters_off
