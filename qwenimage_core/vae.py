@@ -14,6 +14,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -29,9 +30,28 @@ LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.916)
 
 
+class DiffusersConfig:
+    """A frozen config dataclass read from and written as a diffusers config.json under CLASS_NAME."""
+    CLASS_NAME: ClassVar[str] = ""
+
+    @classmethod
+    def from_diffusers(cls, d: dict):
+        """From a diffusers config.json; keys we do not use (_class_name, _diffusers_version...) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {"_class_name": self.CLASS_NAME, **d}
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(DiffusersConfig):
     """Field names are those of the diffusers config.json (typo included), so configs read and write as they are."""
+    CLASS_NAME: ClassVar[str] = "AutoencoderKLQwenImage"
     base_dim: int = 96
     z_dim: int = 16
     dim_mult: tuple[int, ...] = (1, 2, 4, 4)
@@ -52,19 +72,6 @@ class VAEConfig:
                              f"(len(dim_mult) - 1 = {len(self.dim_mult) - 1})")
         if not len(self.latents_mean) == len(self.latents_std) == self.z_dim:
             raise ValueError(f"latents_mean and latents_std need z_dim = {self.z_dim} entries")
-
-    @classmethod
-    def from_diffusers(cls, d: dict) -> "VAEConfig":
-        """From a diffusers vae/config.json; keys we do not use (_class_name, _diffusers_version...) are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict:
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        return {"_class_name": "AutoencoderKLQwenImage", **d}
-
-    def replace(self, **kw) -> "VAEConfig":
-        return dataclasses.replace(self, **kw)
 
     @classmethod
     def tiny(cls, **kw) -> "VAEConfig":

@@ -11,18 +11,18 @@ tiled decode equals the reference's.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
 from .checkpoint import component_folder, folder_sources
-from .vae import (_BLOCKS, _RESIDUAL, _TOP, FAMILIES, LATENT_STATS_KEY, PREFIXES, Decoder, Encoder, MidBlock,
-                  QwenImageVAE, Resample, ResidualBlock, RMSNorm, _inverse, _rename, _stats_fields, check_sizes,
+from .vae import (_BLOCKS, _RESIDUAL, _TOP, FAMILIES, LATENT_STATS_KEY, PREFIXES, Decoder, DiffusersConfig, Encoder,
+                  MidBlock, QwenImageVAE, Resample, ResidualBlock, RMSNorm, _inverse, _rename, _stats_fields, check_sizes,
                   save_vae, vae_family)
 from .weights import CheckpointError, SafetensorsFile, assign_weights, check_config_fits, save_file_atomic
 
@@ -41,9 +41,10 @@ LATENTS_STD = (3.2001, 3.2936, 3.4321, 3.0091, 3.1061, 4.0379, 4.0705, 3.7910, 3
 
 
 @dataclass(frozen=True)
-class VAE21Config:
+class VAE21Config(DiffusersConfig):
     """Field names are those of the diffusers config.json (typo included). Only the residual, unpatchified
     architecture of 2.1 is built; `attn_scales` is kept for the file (the residual levels have no attention)."""
+    CLASS_NAME: ClassVar[str] = "AutoencoderKLQwenImage21"
     base_dim: int = 96
     decoder_base_dim: int | None = 144  # None: base_dim
     z_dim: int = 64
@@ -75,19 +76,6 @@ class VAE21Config:
                              f"(len(dim_mult) - 1 = {len(self.dim_mult) - 1})")
         if not len(self.latents_mean) == len(self.latents_std) == self.z_dim:
             raise ValueError(f"latents_mean and latents_std need z_dim = {self.z_dim} entries")
-
-    @classmethod
-    def from_diffusers(cls, d: dict) -> "VAE21Config":
-        """From a diffusers vae/config.json; keys we do not use (_class_name, _diffusers_version...) are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict:
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        return {"_class_name": "AutoencoderKLQwenImage21", **d}
-
-    def replace(self, **kw) -> "VAE21Config":
-        return dataclasses.replace(self, **kw)
 
     @classmethod
     def tiny(cls, **kw) -> "VAE21Config":
