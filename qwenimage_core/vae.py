@@ -586,22 +586,35 @@ def _refuse_other_family(where, shapes) -> None:
         raise CheckpointError(f"{where}: this is {FAMILIES[family]}, not {FAMILIES['qwen-image']}")
 
 
+def vae_folder_sources(path: str, config, config_class, check_family) -> tuple:
+    """(config, {diffusers name: (file, key)}) of a diffusers model folder or its vae/ folder, after
+    `check_family(where, {name: shape})` (both VAE families read their folders so)."""
+    folder = component_folder(path, "vae")
+    if folder is None:
+        raise CheckpointError(f"{path}: no vae/ folder with a config.json (nor is it a VAE folder)")
+    config, sources = folder_sources(folder, config, config_class.from_diffusers)
+    check_family(folder, {n: f.shape(k) for n, (f, k) in sources.items()})
+    return config, sources
+
+
+def vae_file_names(path: str, check_family) -> tuple[SafetensorsFile, dict, str]:
+    """(file, {name without the component prefix: key}, prefix) of a single file, bare or under `vae.` /
+    `first_stage_model.` (other components are left out), after `check_family(path, {name: shape})`."""
+    f = SafetensorsFile(path)
+    keys = f.keys()
+    prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in keys)), "")
+    names = {k[len(prefix):]: k for k in keys if k.startswith(prefix)}
+    check_family(path, {n: f.shape(k) for n, k in names.items()})
+    return f, names, prefix
+
+
 def vae_sources(path, config: VAEConfig | None = None) -> tuple[VAEConfig, dict]:
     """(config, {diffusers name: (file, key)}) for a diffusers folder or a single file; another family's VAE
     (vae_family) is an error naming it."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        folder = component_folder(path, "vae")
-        if folder is None:
-            raise CheckpointError(f"{path}: no vae/ folder with a config.json (nor is it a VAE folder)")
-        config, sources = folder_sources(folder, config, VAEConfig.from_diffusers)
-        _refuse_other_family(folder, {n: f.shape(k) for n, (f, k) in sources.items()})
-        return config, sources
-    f = SafetensorsFile(path)
-    keys = f.keys()
-    prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in keys)), "")
-    names = {k[len(prefix):]: k for k in keys if k.startswith(prefix)}  # other components are left out
-    _refuse_other_family(path, {n: f.shape(k) for n, k in names.items()})
+        return vae_folder_sources(path, config, VAEConfig, _refuse_other_family)
+    f, names, prefix = vae_file_names(path, _refuse_other_family)
     if any(n.startswith(("encoder.conv1.", "decoder.conv1.", "conv1.")) for n in names):
         nrb = _comfy_num_res_blocks(names)
         names = {comfy_to_diffusers(n, nrb): k for n, k in names.items()}

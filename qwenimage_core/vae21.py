@@ -20,10 +20,9 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from .checkpoint import component_folder, folder_sources
-from .vae import (_BLOCKS, _RESIDUAL, _TOP, FAMILIES, LATENT_STATS_KEY, PREFIXES, Decoder, DiffusersConfig, Encoder,
-                  MidBlock, QwenImageVAE, Resample, ResidualBlock, RMSNorm, _inverse, _rename, _stats_fields, check_sizes,
-                  save_vae, vae_family)
+from .vae import (_BLOCKS, _RESIDUAL, _TOP, FAMILIES, LATENT_STATS_KEY, Decoder, DiffusersConfig, Encoder, MidBlock,
+                  QwenImageVAE, Resample, ResidualBlock, RMSNorm, _inverse, _rename, _stats_fields, check_sizes,
+                  save_vae, vae_family, vae_file_names, vae_folder_sources)
 from .weights import CheckpointError, SafetensorsFile, assign_weights, check_config_fits, save_file_atomic
 
 LATENTS_MEAN = (0.5126, 0.7721, -0.0631, 1.3506, -0.7855, -2.1025, -0.3458, 1.3722, 1.8873, -1.7177, -0.6510,
@@ -363,17 +362,8 @@ def vae21_sources(path, config: VAE21Config | None = None) -> tuple[VAE21Config,
     names, bare or under `vae.` / `first_stage_model.`); another family's VAE is an error naming it."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        folder = component_folder(path, "vae")
-        if folder is None:
-            raise CheckpointError(f"{path}: no vae/ folder with a config.json (nor is it a VAE folder)")
-        config, sources = folder_sources(folder, config, VAE21Config.from_diffusers)
-        _check_family(folder, {n: f.shape(k) for n, (f, k) in sources.items()})
-        return config, sources
-    f = SafetensorsFile(path)
-    keys = f.keys()
-    prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in keys)), "")
-    names = {k[len(prefix):]: k for k in keys if k.startswith(prefix)}  # other components are left out
-    _check_family(path, {n: f.shape(k) for n, k in names.items()})
+        return vae_folder_sources(path, config, VAE21Config, _check_family)
+    f, names, prefix = vae_file_names(path, _check_family)
     if "encoder.conv1.weight" in names:
         nrb = _comfy21_num_res_blocks(names)
         names = {comfy21_to_diffusers(n, nrb): k for n, k in names.items()}
