@@ -3,9 +3,13 @@ prepare them (Lanczos resampling, [-1, 1] range, masks binarised at 0.5)."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:  # annotations only
+    import torch
 
 # torch is imported by the two functions that make tensors: the file helpers below (not_regular, write_atomic,
 # ASPECT_PRESETS) are used by `qwenimage --help` and curation's workers, which need no torch.
