@@ -20,3 +20,14 @@ def machine() -> str:
 
 def command() -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "models")
+
+
+def add_demo_model_args(p) -> None:
+    """--model, --text-encoder, --vae, defaulting to the shipped demo model's three files."""
+    p.add_argument("--model", default=os.path.join(DEMO, "diffusion_models", "qwen_image_demo.safetensors"))
+    p.add_argument("--text-encoder", default=os.path.join(DEMO, "text_encoders",
+                                                          "qwen_image_demo_text_encoder.safetensors"))
+    p.add_argument("--vae", default=os.path.join(DEMO, "vae", "qwen_image_demo_vae.safetensors"))

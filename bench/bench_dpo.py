@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from _common import command, machine
+from _common import add_demo_model_args, command, machine
 
 from qwenimage.qwenimage_core import QwenImage
 from qwenimage.training.config import load_config
@@ -34,7 +34,6 @@ from qwenimage.training.data.demo_shapes import draw_demo_shape
 from qwenimage.training.objectives.reference import adapters_off
 from qwenimage.training.trainer import Trainer
 
-DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "models")
 SHAPES = ("square", "circle", "triangle")
 TRAIN_BACKGROUNDS = ("white", "black")
 HELDOUT_BACKGROUNDS = ("gray", "green")
@@ -102,10 +101,7 @@ def summary(base, tuned, background) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=os.path.join(DEMO, "diffusion_models", "qwen_image_demo.safetensors"))
-    p.add_argument("--text-encoder", default=os.path.join(DEMO, "text_encoders",
-                                                          "qwen_image_demo_text_encoder.safetensors"))
-    p.add_argument("--vae", default=os.path.join(DEMO, "vae", "qwen_image_demo_vae.safetensors"))
+    add_demo_model_args(p)
     p.add_argument("--pairs", type=int, default=24)
     p.add_argument("--steps", type=int, default=60, help="optimiser steps")
     p.add_argument("--batch", type=int, default=4, help="pairs per step")

@@ -20,13 +20,12 @@ import time
 
 import torch
 
-from _common import command, machine
+from _common import add_demo_model_args, command, machine
 
 from qwenimage.training.config import load_config
 from qwenimage.training.objectives import rollout as rollout_module
 from qwenimage.training.trainer import Trainer
 
-DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "models")
 PROMPTS = ["a red circle on a blue background", "a green square on a white background",
            "a yellow triangle on a black background", "a purple circle on a gray background"]
 
@@ -63,10 +62,7 @@ class TimedRewards:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=os.path.join(DEMO, "diffusion_models", "qwen_image_demo.safetensors"))
-    p.add_argument("--text-encoder", default=os.path.join(DEMO, "text_encoders",
-                                                          "qwen_image_demo_text_encoder.safetensors"))
-    p.add_argument("--vae", default=os.path.join(DEMO, "vae", "qwen_image_demo_vae.safetensors"))
+    add_demo_model_args(p)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--groups", type=int, default=1)
